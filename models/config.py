@@ -1,0 +1,71 @@
+"""Model configuration: one dataclass, every field documented once."""
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ModelConfig:
+    dim: int = 256
+    """Width of the residual stream."""
+    n_layers: int = 4
+    """Number of transformer blocks."""
+    n_heads: int = 4
+    """Query heads; must divide `dim` (head_dim = dim / n_heads)."""
+    n_kv_heads: int | None = None
+    """Key/value heads for grouped-query attention; must divide `n_heads`. None means n_heads (multi-head)."""
+    ffn_hidden: int = 768
+    """Hidden width of the SwiGLU feed-forward block."""
+    vocab_size: int | None = None
+    """Rows of the embedding table. None takes the tokenizer's vocabulary, rounded up to a multiple of 64."""
+    rope_theta: float = 10000.0
+    """RoPE base frequency."""
+    rope_style: str = "half"
+    """RoPE pair layout: "half" (rotate_half, as Hugging Face Llama) or "interleaved" (complex pairs, as Meta Llama).
+    Recorded with every checkpoint because an export must permute q/k rows when it is "interleaved"."""
+    tie_embeddings: bool = False
+    """Share the input embedding with the output head."""
+    qk_norm: bool = False
+    """Per-head RMSNorm on queries and keys before RoPE."""
+    norm_eps: float = 1e-5
+    """Epsilon of every RMSNorm."""
+    max_seq_len: int = 8192
+    """Longest sequence the RoPE table covers."""
+    init_std: float | None = None
+    """Std of the truncated-normal init of linear layers. None means sqrt(2 / (5 * dim)), which scales with width;
+    output projections are further divided by sqrt(2 * n_layers)."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+
+def validate_model_config(cfg: ModelConfig) -> None:
+    """Reject shapes that cannot be built, naming the field and the fix."""
+    positive = ("dim", "n_layers", "n_heads", "ffn_hidden", "max_seq_len")
+    for name in positive:
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"model.{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.dim % cfg.n_heads:
+        raise ValueError(
+            f"model.n_heads={cfg.n_heads} does not divide model.dim={cfg.dim}: choose heads so that "
+            f"dim / n_heads is an integer (e.g. n_heads={_divisor_near(cfg.dim, cfg.n_heads)})"
+        )
+    if cfg.head_dim % 2:
+        raise ValueError(f"head_dim = model.dim / model.n_heads = {cfg.head_dim} must be even for RoPE")
+    if cfg.kv_heads <= 0 or cfg.n_heads % cfg.kv_heads:
+        raise ValueError(
+            f"model.n_kv_heads={cfg.n_kv_heads} must divide model.n_heads={cfg.n_heads} (grouped-query attention)"
+        )
+    if cfg.rope_style not in ("half", "interleaved"):
+        raise ValueError(f"model.rope_style must be 'half' or 'interleaved', got {cfg.rope_style!r}")
+    if cfg.vocab_size is not None and cfg.vocab_size <= 0:
+        raise ValueError(f"model.vocab_size must be positive or null, got {cfg.vocab_size}")
+
+
+def _divisor_near(n: int, k: int) -> int:
+    divisors = [d for d in range(1, n + 1) if n % d == 0 and (n // d) % 2 == 0]
+    return min(divisors, key=lambda d: abs(d - k))
