@@ -1,0 +1,107 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from trainer.config import to_train_config, validate
+from trainer.loop import resolve_vocab
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir() and p.name != "experiment")
+OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONFIGS / g).glob("*.yaml"))]
+EXPERIMENTS = sorted(f.stem for f in (CONFIGS / "experiment").glob("*.yaml"))
+
+
+def check(cfg):
+    train_cfg = resolve_vocab(to_train_config(cfg), 4096)
+    validate(train_cfg)
+    return train_cfg
+
+
+@pytest.mark.parametrize("group,option", OPTIONS)
+def test_every_group_option_composes_and_validates(compose, group, option):
+    check(compose(f"{group}={option}"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(compose, name):
+    check(compose(f"+experiment={name}"))
+
+
+def test_shipped_configs_cover_the_expected_names():
+    assert {"debug", "125m", "1b", "2b", "8b"} <= {o for g, o in OPTIONS if g == "model"}
+    assert {"debug", "2b_scaling"} <= set(EXPERIMENTS)
+
+
+def test_2b_scaling_experiment(compose):
+    cfg = check(compose("+experiment=2b_scaling"))
+    m = cfg.model
+    assert (m.dim, m.n_layers, m.n_heads, m.n_kv_heads, m.ffn_hidden, m.vocab_size) == (2048, 12, 16, 4, 11008, 256128)
+    assert m.rope_theta == 50000 and cfg.data.seq_len == 8192 and cfg.schedule.name == "wsd"
+
+
+def test_command_line_group_beats_the_experiment(compose):
+    cfg = check(
+        compose(
+            "+experiment=2b_scaling",
+            "model=debug",
+            "data.seq_len=256",
+            "trainer.max_steps=7",
+            "schedule.warmup_steps=2",
+        )
+    )
+    assert cfg.model.dim == 128 and cfg.trainer.max_steps == 7
+
+
+def test_typo_is_rejected_with_the_key_named(compose):
+    with pytest.raises((ConfigCompositionException, ConfigKeyError)) as e:
+        compose("model.dimm=3")
+    assert "model.dimm" in str(e.value) + str(e.value.__cause__)
+
+
+def test_wrong_type_is_rejected_with_the_key_named(compose):
+    with pytest.raises((ConfigCompositionException, ValidationError)) as e:
+        compose("model.dim=abc")
+    assert "model.dim" in str(e.value) + str(e.value.__cause__)
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["trainer.global_batch=12", "trainer.micro_batch=8"], "trainer.global_batch=12 is not divisible"),
+        (["model.n_heads=5"], "model.n_heads=5 does not divide model.dim=128"),
+        (["schedule.warmup_steps=500"], "schedule.warmup_steps=500 is longer than the run"),
+        (["data.seq_len=4096"], "data.seq_len=4096 exceeds model.max_seq_len"),
+    ],
+)
+def test_cross_field_errors_name_the_field(compose, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        check(compose(*overrides))
+
+
+def test_tokenizer_larger_than_model_vocab_is_an_error(compose):
+    with pytest.raises(ValueError, match="model.vocab_size=1000"):
+        resolve_vocab(to_train_config(compose("model.vocab_size=1000")), 4096)
+
+
+def test_cfg_job_prints_the_resolved_config():
+    out = subprocess.run(
+        [sys.executable, "-m", "trainer.cli", "--cfg", "job", "+experiment=2b_scaling"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "vocab_size: 256128" in out and "seq_len: 8192" in out and "name: wsd" in out
+
+
+def test_wrong_type_on_the_command_line_exits_before_training(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "trainer.cli", "model.dim=abc", f"trainer.run_dir={tmp_path}/run"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode != 0 and "model.dim" in r.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -1,0 +1,1 @@
+"""The trainer: composes models, data and optim into a run."""

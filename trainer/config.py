@@ -1,0 +1,122 @@
+"""The run's configuration: one dataclass per config group, registered as Hydra's schema.
+
+Group configs live with their builders (`models.ModelConfig`, `data.DataConfig`, `optim.OptimConfig`,
+`optim.ScheduleConfig`); the trainer's own groups are defined here. Every field is documented once, in its dataclass.
+"""
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from data.config import DataConfig, validate_data_config
+from models.config import ModelConfig, validate_model_config
+from optim.config import OptimConfig, ScheduleConfig
+from optim.schedules import schedule_phases
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 200
+    """Optimizer steps of the run."""
+    global_batch: int = 16
+    """Sequences per optimizer step, summed over all data-parallel ranks."""
+    micro_batch: int = 8
+    """Sequences per rank per micro-step; gradient accumulation = global_batch / (micro_batch * data-parallel ranks)."""
+    eval_every: int = 50
+    """Evaluate the held-out loss every this many steps and at the last step; 0 evaluates only at the end."""
+    eval_batches: int = 10
+    """Micro-batches of held-out data per evaluation (the same ones every time)."""
+    log_every: int = 10
+    """Read metrics back from the device and log them every this many steps (reading them forces a sync)."""
+    compile: bool = False
+    """torch.compile each transformer block (short compile times, also at scale)."""
+    device: str = "auto"
+    """"auto" picks xpu > cuda > mps > cpu; or name one ("cuda", "cpu", ...)."""
+    precision: str = "auto"
+    """"auto": bf16 autocast on accelerators with fp32 master weights, fp32 on the CPU; or "bf16" / "fp32"."""
+    seed: int = 0
+    """Seeds model init and every random choice of the trainer."""
+    run_dir: str | None = None
+    """Run directory (config, metrics, checkpoints). None: runs/<date>_<time>, or the sweep folder under -m."""
+    progress_bar: bool = True
+    """Show a progress bar with ETA on the console (log lines are printed either way)."""
+
+
+@dataclass
+class ParallelConfig:
+    plan: str = "single"
+    """Parallel plan; only "single" (one process) exists so far."""
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0
+    """Reserved for checkpointing: save every this many steps (0: never). Not implemented yet."""
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"
+    """"wandb" logs to Weights & Biases as well as the console and metrics.jsonl; "none" does not."""
+    project: str = "anytrain"
+    """wandb project."""
+    entity: str | None = None
+    """wandb entity (team or user); None uses the account's default."""
+    mode: str | None = None
+    """wandb mode: "online", "offline" or "disabled"; None means online with WANDB_API_KEY set, else offline."""
+    tags: list[str] = field(default_factory=list)
+    """wandb tags."""
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def register_schemas() -> None:
+    """Make the dataclasses the schema of configs/train.yaml, so that unknown keys and wrong types are rejected."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def to_train_config(cfg: DictConfig) -> TrainConfig:
+    """Resolve interpolations and turn the composed config into dataclasses."""
+    return OmegaConf.to_object(cfg)
+
+
+def validate(cfg: TrainConfig, world_size: int = 1) -> None:
+    """Cross-field rules that a schema cannot express. Raises ValueError naming the field and the fix."""
+    validate_model_config(cfg.model)
+    validate_data_config(cfg.data)
+    t = cfg.trainer
+    for name in ("max_steps", "global_batch", "micro_batch", "log_every", "eval_batches"):
+        if getattr(t, name) <= 0:
+            raise ValueError(f"trainer.{name} must be positive, got {getattr(t, name)}")
+    if t.eval_every < 0:
+        raise ValueError(f"trainer.eval_every must be >= 0, got {t.eval_every}")
+    per_step = t.micro_batch * world_size
+    if t.global_batch % per_step:
+        raise ValueError(
+            f"trainer.global_batch={t.global_batch} is not divisible by trainer.micro_batch={t.micro_batch} x "
+            f"{world_size} data-parallel rank(s) = {per_step}: set trainer.global_batch to a multiple of {per_step}"
+        )
+    if t.precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"trainer.precision must be auto, bf16 or fp32, got {t.precision!r}")
+    if cfg.data.seq_len > cfg.model.max_seq_len:
+        raise ValueError(
+            f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}: raise the latter"
+        )
+    if cfg.logger.name not in ("none", "wandb"):
+        raise ValueError(f"logger.name must be 'none' or 'wandb', got {cfg.logger.name!r}")
+    schedule_phases(cfg.schedule, t.max_steps)
+
+
+def grad_accum_steps(cfg: TrainConfig, world_size: int = 1) -> int:
+    return cfg.trainer.global_batch // (cfg.trainer.micro_batch * world_size)

@@ -1,0 +1,104 @@
+"""Everything that differs between vendors lives here: device choice, peak FLOP/s, memory, synchronisation.
+
+The rest of the code asks this module and never branches on cuda/xpu/mps itself.
+"""
+
+import os
+import time
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+
+# Dense bf16 peak FLOP/s per device, matched against the device name (first match wins; specific names first).
+PEAK_BF16_FLOPS = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("MI300X", 1307e12),
+    ("MI250X", 191.5e12),  # one GCD, which is what torch reports as a device
+    ("Max 1550", 419e12),  # one tile (Aurora exposes tiles as devices)
+)
+
+
+def auto_device_type() -> str:
+    """The accelerator this torch build has (xpu, cuda incl. ROCm, mps), else cpu."""
+    if hasattr(torch, "accelerator") and torch.accelerator.is_available():
+        return torch.accelerator.current_accelerator().type
+    return "cpu"
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """`trainer.device`: "auto" or a device type. Accelerators get the local rank's index."""
+    kind = auto_device_type() if name == "auto" else name
+    if kind == "cpu":
+        return torch.device("cpu")
+    module = getattr(torch, kind, None)
+    if module is None or not module.is_available():
+        raise RuntimeError(
+            f"trainer.device={name!r} asks for {kind}, which this torch build cannot use: "
+            f"set trainer.device=auto or install a torch build for {kind}"
+        )
+    device = torch.device(kind, local_rank) if kind != "mps" else torch.device("mps")
+    if hasattr(module, "set_device") and kind != "mps":
+        module.set_device(device)
+    return device
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """bf16 autocast on accelerators (fp32 master weights stay fp32), none on the CPU unless asked."""
+    if precision == "fp32" or (precision == "auto" and device.type == "cpu"):
+        return None
+    return torch.bfloat16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def device_name(device: torch.device) -> str:
+    module = getattr(torch, device.type, None)
+    if device.type != "cpu" and hasattr(module, "get_device_name"):
+        return module.get_device_name(device)
+    return device.type
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Dense bf16 peak of one device, or None where MFU is meaningless (CPU) or the device is unknown."""
+    if device.type == "cpu":
+        return None
+    name = device_name(device)
+    return next((flops for key, flops in PEAK_BF16_FLOPS if key in name), None)
+
+
+def synchronize(device: torch.device) -> None:
+    module = getattr(torch, device.type, None)
+    if device.type != "cpu" and hasattr(module, "synchronize"):
+        module.synchronize()
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    """Peak memory allocated by tensors on the device since start, in GiB (None on the CPU)."""
+    module = getattr(torch, device.type, None)
+    fn = getattr(module, "max_memory_allocated", None) if device.type != "cpu" else None
+    return fn(device) / 2**30 if fn else None
+
+
+def process_start_time() -> float:
+    """Wall-clock time the job started: $ANYTRAIN_JOB_START (set by job scripts) or this process's start."""
+    if os.environ.get("ANYTRAIN_JOB_START"):
+        return float(os.environ["ANYTRAIN_JOB_START"])
+    try:  # Linux: the process start in clock ticks after boot
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, StopIteration, IndexError):
+        return _IMPORT_TIME
+
+
+_IMPORT_TIME = time.time()

@@ -1,0 +1,32 @@
+"""`anytrain`: subcommands for tools around training runs."""
+
+import argparse
+
+from omegaconf import OmegaConf
+
+import models
+
+
+def _params(args: argparse.Namespace) -> None:
+    cfg = OmegaConf.merge(OmegaConf.structured(models.ModelConfig), OmegaConf.load(args.preset))
+    cfg = OmegaConf.to_object(cfg)
+    if cfg.vocab_size is None:
+        cfg.vocab_size = args.vocab
+    print(f"parameters: {models.num_params(cfg):,} ({models.num_params(cfg, embeddings=False):,} without embeddings)")
+    print(f"training FLOPs per token at seq {args.seq_len}: {models.flops_per_token(cfg, args.seq_len) / 1e9:.3f} G")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="anytrain", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("params", help="parameter count and FLOPs per token of a model preset YAML")
+    p.add_argument("preset", help="e.g. configs/model/2b.yaml")
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--vocab", type=int, default=4096, help="vocabulary when the preset leaves it null")
+    p.set_defaults(func=_params)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
