@@ -23,7 +23,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     run_dir = HydraConfig.get().runtime.output_dir
     try:
         fit(to_train_config(cfg), run_dir)
-    except ValueError as e:  # config and data errors: one clear line, not a traceback
+    except (ValueError, FileNotFoundError) as e:  # config and data errors: one clear line, not a traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

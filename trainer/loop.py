@@ -135,6 +135,7 @@ def fit(cfg: TrainConfig, run_dir: str | Path) -> dict:
         f"{env.device_name(run.device)} | accumulation {run.accum} x micro-batch {t.micro_batch} | "
         f"effective schedule ({cfg.schedule.name}): {phases}"
     )
+    log.log({"step": 0, "val_loss": evaluate(run)})  # the starting point of the held-out curve
     stream = iter(run.train_stream)
     last: dict = {}
     window_start, window_steps = time.perf_counter(), 0
