@@ -67,6 +67,10 @@ class DataConfig:
     order, sharding and world size; duplicates land in the same split)."""
     seed: int = 0
     """Seeds the mixing order of several sources."""
+    streams: int | None = None
+    """Independent sub-streams the corpus is split into (each a share of every source). Rank r of W reads streams
+    r, r + W, ... and takes its micro-batches from them in turn, so the global batch of every step is the same for
+    any world size that divides `streams` (with the same micro-batch). None means one stream per rank."""
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:

@@ -159,3 +159,35 @@ class TokenStream:
                     return  # val pass over; the incomplete batch is dropped
                 rows.append(window)
             yield torch.tensor(rows, dtype=torch.long)
+
+
+class RoundRobin:
+    """A rank's several sub-streams, one batch from each in turn. The state is keyed by global stream index so a
+    checkpoint can be regrouped for another world size that divides the number of streams."""
+
+    def __init__(self, streams: list[TokenStream], first_index: int, step: int) -> None:
+        self.streams = streams
+        self.indices = [first_index + i * step for i in range(len(streams))]
+        self.batch_size, self.seq_len = streams[0].batch_size, streams[0].seq_len
+        self.vocab_size, self.eos_id = streams[0].vocab_size, streams[0].eos_id
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"next": self._next, "streams": {str(i): s.state_dict() for i, s in zip(self.indices, self.streams)}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._next = int(state["next"])
+        for i, s in zip(self.indices, self.streams):
+            s.load_state_dict(state["streams"][str(i)])
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        iters = [iter(s) for s in self.streams]
+        while True:
+            batch = next(iters[self._next], None)
+            if batch is None:
+                return  # a val sub-stream ran dry: stop with equal shares from every stream
+            self._next = (self._next + 1) % len(iters)
+            yield batch
