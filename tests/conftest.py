@@ -12,7 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def compose():
     """Compose configs/train.yaml with overrides through Hydra's compose API, as `train` would."""
     from hydra import compose as hydra_compose
@@ -25,3 +25,27 @@ def compose():
             return hydra_compose("train", overrides=list(overrides))
 
     return _compose
+
+
+# A model and data small enough that a CPU step takes milliseconds, on the real Shakespeare corpus.
+TINY = [
+    "model.dim=64",
+    "model.n_layers=2",
+    "model.n_heads=4",
+    "model.n_kv_heads=2",
+    "model.ffn_hidden=128",
+    "data.seq_len=64",
+    "data.tokenizer.vocab_size=512",
+    "data.tokenizer.train_docs=4000",
+    "trainer.micro_batch=4",
+    "trainer.global_batch=8",
+    "trainer.eval_batches=4",
+    "trainer.progress_bar=false",
+    "schedule.warmup_steps=5",
+]
+
+
+@pytest.fixture(scope="session")
+def tok_cache(tmp_path_factory):
+    """One tokenizer cache for the whole session: the first run trains the BPE, the others load it."""
+    return f"data.tokenizer.cache_dir={tmp_path_factory.mktemp('tok')}"

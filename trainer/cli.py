@@ -1,13 +1,20 @@
-"""`train`: the Hydra app. Thin: compose, validate, hand over to fit()."""
+"""`train`: the Hydra app. Thin: compose once, validate, hand every rank the same config, call fit().
+
+Under a launcher (torchrun, mpiexec, srun) only rank 0 runs Hydra: it composes and validates the config and picks
+the run directory, then passes both to the other ranks through the rendezvous store. No rank composes on its own,
+so there is one run directory and one resolved config per job.
+"""
 
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .config import register_schemas, to_train_config
+from . import env
+from .config import config_from_yaml, config_to_yaml, register_schemas, to_train_config, validate
 from .loop import fit
 
 # hydra.run.dir falls back to a dated folder when trainer.run_dir is null.
@@ -16,20 +23,57 @@ register_schemas()
 
 # An absolute path: Hydra would otherwise look for a Python module named "configs" under a console script.
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+CONFIG_KEY, RUN_DIR_KEY = "anytrain/config", "anytrain/run_dir"
+USER_ERRORS = (ValueError, FileNotFoundError)
+
+
+class _Job:
+    """What the Hydra task needs besides the config: this process's ranks and the rendezvous store."""
+
+    ranks = env.Ranks()
+    store = None
 
 
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
-    run_dir = HydraConfig.get().runtime.output_dir
+    hc = HydraConfig.get()
+    run_dir, ranks = hc.runtime.output_dir, _Job.ranks
     try:
-        fit(to_train_config(cfg), run_dir)
-    except (ValueError, FileNotFoundError) as e:  # config and data errors: one clear line, not a traceback
+        train_cfg = to_train_config(cfg)
+        if ranks.world_size > 1:
+            if hc.mode == RunMode.MULTIRUN:
+                raise ValueError("a multirun (-m) sweep cannot run inside a multi-rank job: launch one job per run")
+            validate(train_cfg, ranks.world_size)
+            _Job.store.set(RUN_DIR_KEY, run_dir)
+            _Job.store.set(CONFIG_KEY, config_to_yaml(train_cfg))
+        fit(train_cfg, run_dir, ranks, _Job.store)
+    except USER_ERRORS as e:  # config and data errors: one clear line, not a traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
 
 def main() -> None:
-    _hydra_main()
+    ranks = env.discover_ranks()
+    if ranks.world_size == 1:
+        _hydra_main()
+        return
+    _Job.ranks, _Job.store = ranks, env.make_store(ranks)
+    if ranks.is_main:
+        try:
+            _hydra_main()
+        finally:  # rank 0 stopped before publishing a config (an error, --cfg, --help): release the others
+            if not _Job.store.check([CONFIG_KEY]):
+                _Job.store.set(CONFIG_KEY, "")
+        return
+    text = _Job.store.get(CONFIG_KEY).decode()
+    if not text:
+        sys.exit("rank 0 did not start training (see its output)")
+    run_dir = _Job.store.get(RUN_DIR_KEY).decode()
+    try:
+        fit(config_from_yaml(text), run_dir, ranks, _Job.store)
+    except USER_ERRORS as e:
+        print(f"error (rank {ranks.rank}): {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

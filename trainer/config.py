@@ -14,6 +14,8 @@ from models.config import ModelConfig, validate_model_config
 from optim.config import OptimConfig, ScheduleConfig
 from optim.schedules import schedule_phases
 
+PLANS = ("single", "ddp", "fsdp", "hsdp")
+
 
 @dataclass
 class TrainerConfig:
@@ -46,7 +48,25 @@ class TrainerConfig:
 @dataclass
 class ParallelConfig:
     plan: str = "single"
-    """Parallel plan; only "single" (one process) exists so far."""
+    """"single" (one process), "ddp" (replicated model, gradients all-reduced), "fsdp" (FSDP2 fully_shard per block
+    and at the root) or "hsdp" (fully_shard on a replicate x shard device mesh)."""
+    backend: str = "auto"
+    """Collective backend: "auto" (nccl on CUDA and ROCm, xccl on XPU, gloo on CPU) or a name torch knows."""
+    dp_replicate: int = 1
+    """hsdp only: number of replicas; each shards the model over world_size / dp_replicate ranks."""
+    reshard_after_forward: bool = True
+    """fsdp/hsdp: free gathered parameters after forward (less memory, one more all-gather in backward)."""
+    mp_param_dtype: str | None = None
+    """fsdp/hsdp: dtype parameters are gathered and computed in ("bf16" or "fp32"). None follows trainer.precision
+    (bf16 on accelerators). Master weights and optimizer state stay fp32 either way."""
+    mp_reduce_dtype: str = "fp32"
+    """fsdp/hsdp: dtype of the gradient reduce-scatter."""
+    activation_checkpoint: str = "none"
+    """"none", or "full": recompute whole blocks in backward (every `ac_every`-th block)."""
+    ac_every: int = 1
+    """With activation_checkpoint=full: checkpoint blocks 0, k, 2k, ... (1 checkpoints all)."""
+    timeout_s: float = 1800.0
+    """Seconds a collective (and the start-up rendezvous) may wait before the job fails."""
 
 
 @dataclass
@@ -91,6 +111,15 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
     return OmegaConf.to_object(cfg)
 
 
+def config_to_yaml(cfg: TrainConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_from_yaml(text: str) -> TrainConfig:
+    """Parse a resolved config (config.yaml of a run) against the schema."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(text)))
+
+
 def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     """Cross-field rules that a schema cannot express. Raises ValueError naming the field and the fix."""
     validate_model_config(cfg.model)
@@ -112,6 +141,30 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     if cfg.data.seq_len > cfg.model.max_seq_len:
         raise ValueError(
             f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}: raise the latter"
+        )
+    p = cfg.parallel
+    if p.plan not in PLANS:
+        raise ValueError(f"parallel.plan must be one of {PLANS}, got {p.plan!r}")
+    if p.plan == "single" and world_size > 1:
+        raise ValueError(f"parallel.plan=single cannot run on {world_size} ranks: choose parallel=ddp, fsdp or hsdp")
+    if p.plan == "hsdp" and (p.dp_replicate < 1 or world_size % p.dp_replicate):
+        raise ValueError(
+            f"parallel.dp_replicate={p.dp_replicate} must divide the {world_size} ranks for hsdp (replicate x shard)"
+        )
+    if p.activation_checkpoint not in ("none", "full") or p.ac_every < 1:
+        raise ValueError(
+            f"parallel.activation_checkpoint must be none or full and parallel.ac_every >= 1, got "
+            f"{p.activation_checkpoint!r}, {p.ac_every}"
+        )
+    for name in ("mp_param_dtype", "mp_reduce_dtype"):
+        if getattr(p, name) not in (None, "bf16", "fp32"):
+            raise ValueError(f"parallel.{name} must be bf16 or fp32, got {getattr(p, name)!r}")
+    streams = cfg.data.streams or world_size
+    if streams % world_size == 0 and grad_accum_steps(cfg, world_size) % (streams // world_size):
+        raise ValueError(
+            f"each rank reads {streams // world_size} data streams (data.streams={streams} over {world_size} ranks) "
+            f"but makes {grad_accum_steps(cfg, world_size)} micro-steps per step: make the micro-steps a multiple of "
+            f"the streams per rank (trainer.global_batch / trainer.micro_batch / ranks), or change data.streams"
         )
     if cfg.logger.name not in ("none", "wandb"):
         raise ValueError(f"logger.name must be 'none' or 'wandb', got {cfg.logger.name!r}")

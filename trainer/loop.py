@@ -7,13 +7,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from omegaconf import OmegaConf
 
 import data
 import models
 import optim
 
-from . import env
+from . import env, parallel
 from .config import TrainConfig, grad_accum_steps, validate
 from .metrics import MetricsLogger
 
@@ -24,12 +25,13 @@ class Run:
 
     cfg: TrainConfig
     run_dir: Path
+    ranks: env.Ranks
     device: torch.device
     amp_dtype: torch.dtype | None
-    model: models.Llama
+    model: torch.nn.Module  # what to call: the parallel wrapper where there is one
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    train_stream: data.TokenStream
+    train_stream: data.TokenStream | data.RoundRobin
     val_batches: list[torch.Tensor]
     accum: int
     flops_per_token: float
@@ -48,60 +50,94 @@ def resolve_vocab(cfg: TrainConfig, tokenizer_vocab: int) -> TrainConfig:
     return replace(cfg, model=replace(cfg.model, vocab_size=vocab))
 
 
-def build_run(cfg: TrainConfig, run_dir: str | Path) -> Run:
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks (gloo has no AVG, so SUM then divide)."""
+    if _distributed():
+        x = x.clone()
+        dist.all_reduce(x)
+        x /= dist.get_world_size()
+    return x
+
+
+def _build_tokenizer(cfg: TrainConfig, ranks: env.Ranks):
+    """Rank 0 trains or loads the tokenizer first; the others then read its cache instead of all training it."""
+    if _distributed() and not ranks.is_main:
+        dist.barrier()
+    tokenizer = data.build_tokenizer(cfg.data)
+    if _distributed() and ranks.is_main:
+        dist.barrier()
+    return tokenizer
+
+
+def _read_val_batches(cfg: TrainConfig, tokenizer, ranks: env.Ranks, device: torch.device) -> list[torch.Tensor]:
+    """The held-out set: the first eval_batches of each rank's val split, read once and reused at every evaluation.
+    Every rank must have them all, or one rank would wait forever in evaluation."""
+    t = cfg.trainer
+    stream = data.build_stream(cfg.data, tokenizer, "val", t.micro_batch, ranks.rank, ranks.world_size)
+    batches = list(itertools.islice(stream, t.eval_batches))
+    fewest = torch.tensor(len(batches), device=device)
+    if _distributed():
+        dist.all_reduce(fewest, op=dist.ReduceOp.MIN)
+    if fewest.item() < t.eval_batches:
+        raise ValueError(
+            f"the held-out split yields only {fewest.item()} of trainer.eval_batches={t.eval_batches} batches on "
+            f"some rank: lower trainer.eval_batches or trainer.micro_batch, or raise data.val_fraction"
+        )
+    return batches
+
+
+def build_run(cfg: TrainConfig, run_dir: str | Path, ranks: env.Ranks, device: torch.device) -> Run:
     """Validate, then build data, model and optimizer. Every config error surfaces before the model exists."""
-    validate(cfg)
+    validate(cfg, ranks.world_size)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     t = cfg.trainer
-    tokenizer = data.build_tokenizer(cfg.data)
+    tokenizer = _build_tokenizer(cfg, ranks)
     cfg = resolve_vocab(cfg, tokenizer.get_vocab_size())
-    train_stream = data.build_stream(cfg.data, tokenizer, "train", t.micro_batch)
-    val_stream = data.build_stream(cfg.data, tokenizer, "val", t.micro_batch)
-    # The held-out set is the first eval_batches of the val split, read once and reused at every evaluation.
-    val_batches = list(itertools.islice(val_stream, t.eval_batches))
-    if len(val_batches) < t.eval_batches:
-        raise ValueError(
-            f"the held-out split yields only {len(val_batches)} of trainer.eval_batches={t.eval_batches} batches: "
-            f"lower trainer.eval_batches or raise data.val_fraction"
-        )
+    train_stream = data.build_stream(cfg.data, tokenizer, "train", t.micro_batch, ranks.rank, ranks.world_size)
+    val_batches = _read_val_batches(cfg, tokenizer, ranks, device)
 
-    device = env.resolve_device(t.device)
-    torch.manual_seed(t.seed)
+    amp_dtype = env.autocast_dtype(device, t.precision)
+    sharded = cfg.parallel.plan in ("fsdp", "hsdp")
+    param_dtype = parallel.DTYPES.get(cfg.parallel.mp_param_dtype) if cfg.parallel.mp_param_dtype else amp_dtype
+    torch.manual_seed(t.seed)  # the same init on every rank; DDP and FSDP then replicate or shard it
     model = models.build_model(cfg.model, device=device)
-    if t.compile:
-        for block in model.layers:  # per block: compile time stays short and independent of depth
-            block.compile()
+    model = parallel.parallelize(model, cfg.parallel, device, ranks.world_size, t.compile, param_dtype)
     optimizer = optim.build_optimizer(cfg.optim, model)
     scheduler = optim.build_scheduler(optimizer, cfg.schedule, t.max_steps)
-    OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
+    if ranks.is_main:
+        OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
     return Run(
         cfg=cfg,
         run_dir=run_dir,
+        ranks=ranks,
         device=device,
-        amp_dtype=env.autocast_dtype(device, t.precision),
+        amp_dtype=None if sharded else amp_dtype,  # FSDP's mixed-precision policy already computes in param_dtype
         model=model,
         optimizer=optimizer,
         scheduler=scheduler,
         train_stream=train_stream,
         val_batches=val_batches,
-        accum=grad_accum_steps(cfg),
+        accum=grad_accum_steps(cfg, ranks.world_size),
         flops_per_token=models.flops_per_token(cfg.model, cfg.data.seq_len),
     )
 
 
 def train_step(run: Run, micro_batches: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer update over the micro-batches. Returns (mean loss, grad norm) as device tensors: reading them
-    would force a host sync, so the caller does that only on log steps."""
-    model, loss_sum = run.model, torch.zeros((), device=run.device)
-    for batch in micro_batches:
+    """One optimizer update over the micro-batches. Returns (this rank's mean loss, global grad norm) as device
+    tensors: reading them forces a host sync, so the caller does that only on log steps."""
+    model, loss_sum, last = run.model, torch.zeros((), device=run.device), len(micro_batches) - 1
+    for i, batch in enumerate(micro_batches):
         batch = batch.to(run.device, non_blocking=True)
-        with env.autocast(run.device, run.amp_dtype):
+        with parallel.gradient_sync(model, enabled=i == last), env.autocast(run.device, run.amp_dtype):
             loss = model(batch[:, :-1], batch[:, 1:])
-        (loss / len(micro_batches)).backward()
+            (loss / len(micro_batches)).backward()
         loss_sum += loss.detach()
-    clip = run.cfg.optim.grad_clip
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip > 0 else float("inf"))
+    grad_norm = parallel.clip_grad_norm(model, run.cfg.optim.grad_clip)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -110,7 +146,7 @@ def train_step(run: Run, micro_batches: list[torch.Tensor]) -> tuple[torch.Tenso
 
 @torch.no_grad()
 def evaluate(run: Run) -> float:
-    """Mean loss over the fixed held-out batches."""
+    """Mean loss over the fixed held-out batches of all ranks."""
     run.model.eval()
     total = torch.zeros((), device=run.device)
     for batch in run.val_batches:
@@ -118,22 +154,37 @@ def evaluate(run: Run) -> float:
         with env.autocast(run.device, run.amp_dtype):
             total += run.model(batch[:, :-1], batch[:, 1:])
     run.model.train()
-    return (total / len(run.val_batches)).item()
+    return _all_reduce_mean(total / len(run.val_batches)).item()
 
 
-def fit(cfg: TrainConfig, run_dir: str | Path) -> dict:
-    """Train for trainer.max_steps and return the last logged metrics."""
+def fit(cfg: TrainConfig, run_dir: str | Path, ranks: env.Ranks | None = None, store=None) -> dict:
+    """Train for trainer.max_steps and return the last logged metrics. With several ranks, start the process group
+    on the rank's device first (the store, if given, is the rendezvous the launcher entry already made)."""
     job_start = env.process_start_time()
-    run = build_run(cfg, run_dir)
-    t, cfg = run.cfg.trainer, run.cfg
+    ranks = ranks or env.Ranks()
+    device = env.resolve_device(cfg.trainer.device, ranks.local_rank)
+    if ranks.world_size > 1:
+        backend = env.choose_backend(device.type, cfg.parallel.backend)
+        env.init_distributed(ranks, device, backend, store or env.make_store(ranks), cfg.parallel.timeout_s)
+    try:
+        return _train(build_run(cfg, run_dir, ranks, device), job_start)
+    finally:
+        if _distributed():
+            dist.destroy_process_group()
+
+
+def _train(run: Run, job_start: float) -> dict:
+    t, cfg, world = run.cfg.trainer, run.cfg, run.ranks.world_size
     phases = optim.schedule_phases(cfg.schedule, t.max_steps)
     tokens_per_step = t.global_batch * cfg.data.seq_len
     peak = env.peak_flops(run.device)
-    log = MetricsLogger(run.run_dir, cfg.logger, asdict(cfg), t.max_steps, progress_bar=t.progress_bar)
+    log = MetricsLogger(
+        run.run_dir, cfg.logger, asdict(cfg), t.max_steps, progress_bar=t.progress_bar, enabled=run.ranks.is_main
+    )
     log.message(
-        f"run dir {run.run_dir} | {models.num_params(cfg.model) / 1e6:.1f}M params | device "
-        f"{env.device_name(run.device)} | accumulation {run.accum} x micro-batch {t.micro_batch} | "
-        f"effective schedule ({cfg.schedule.name}): {phases}"
+        f"run dir {run.run_dir} | {models.num_params(cfg.model) / 1e6:.1f}M params | {world} x "
+        f"{env.device_name(run.device)} | plan {cfg.parallel.plan} | accumulation {run.accum} x micro-batch "
+        f"{t.micro_batch} x {world} ranks | effective schedule ({cfg.schedule.name}): {phases}"
     )
     log.log({"step": 0, "val_loss": evaluate(run)})  # the starting point of the held-out curve
     stream = iter(run.train_stream)
@@ -150,12 +201,14 @@ def fit(cfg: TrainConfig, run_dir: str | Path) -> dict:
             do_eval = is_last or (t.eval_every > 0 and step % t.eval_every == 0)
             if step % t.log_every and not do_eval and step != 1:
                 continue
+            loss = _all_reduce_mean(loss)
             env.synchronize(run.device)
             elapsed = time.perf_counter() - window_start
             tokens_per_s = window_steps * tokens_per_step / elapsed
             metrics = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item()}
             metrics["tokens_per_s"] = tokens_per_s
-            metrics["mfu"] = run.flops_per_token * tokens_per_s / peak if peak else None
+            metrics["tokens_per_s_per_device"] = tokens_per_s / world
+            metrics["mfu"] = run.flops_per_token * tokens_per_s / world / peak if peak else None
             metrics["peak_mem_gib"] = env.peak_memory_gib(run.device)
             metrics["eta_s"] = (time.perf_counter() - run_start) / step * (t.max_steps - step)
             if step == 1:

@@ -47,8 +47,12 @@ class MetricsLogger:
         max_steps: int,
         start_step: int = 0,
         progress_bar: bool = True,
+        enabled: bool = True,
     ):
+        self.enabled = enabled
         self.max_steps = max_steps
+        if not enabled:  # ranks other than 0 write nothing
+            return
         self.path = Path(run_dir) / "metrics.jsonl"
         self._file = open(self.path, "a", buffering=1)  # line-buffered: a crash loses at most one line
         show_bar = progress_bar and sys.stderr.isatty()
@@ -56,9 +60,12 @@ class MetricsLogger:
         self._wandb = _init_wandb(logger_cfg, config, run_dir) if logger_cfg.name == "wandb" else None
 
     def advance(self, steps: int = 1) -> None:
-        self._bar.update(steps)
+        if self.enabled:
+            self._bar.update(steps)
 
     def log(self, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
         clean["time"] = time.time()
         self._file.write(json.dumps(clean) + "\n")
@@ -67,9 +74,13 @@ class MetricsLogger:
             self._wandb.log({k: v for k, v in metrics.items() if k != "step"}, step=metrics["step"])
 
     def message(self, text: str) -> None:
+        if not self.enabled:
+            return
         self._bar.write(text, file=sys.stdout)
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self._bar.close()
         self._file.close()
         if self._wandb is not None:

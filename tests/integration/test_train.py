@@ -9,26 +9,7 @@ import pytest
 from trainer.config import to_train_config
 from trainer.loop import fit
 
-TINY = [
-    "model.dim=64",
-    "model.n_layers=2",
-    "model.n_heads=4",
-    "model.n_kv_heads=2",
-    "model.ffn_hidden=128",
-    "data.seq_len=64",
-    "data.tokenizer.vocab_size=512",
-    "data.tokenizer.train_docs=4000",
-    "trainer.micro_batch=4",
-    "trainer.global_batch=8",
-    "trainer.eval_batches=4",
-    "trainer.progress_bar=false",
-    "schedule.warmup_steps=5",
-]
-
-
-@pytest.fixture(scope="module")
-def tok_cache(tmp_path_factory):
-    return f"data.tokenizer.cache_dir={tmp_path_factory.mktemp('tok')}"
+from ..conftest import TINY
 
 
 def read_metrics(run_dir):

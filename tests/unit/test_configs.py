@@ -15,15 +15,16 @@ OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONFIGS / g).glob("*.yam
 EXPERIMENTS = sorted(f.stem for f in (CONFIGS / "experiment").glob("*.yaml"))
 
 
-def check(cfg):
+def check(cfg, world_size: int = 1):
     train_cfg = resolve_vocab(to_train_config(cfg), 4096)
-    validate(train_cfg)
+    validate(train_cfg, world_size)
     return train_cfg
 
 
 @pytest.mark.parametrize("group,option", OPTIONS)
 def test_every_group_option_composes_and_validates(compose, group, option):
-    check(compose(f"{group}={option}"))
+    multi = group == "parallel" and option != "single"  # multi-process plans are checked on 2 ranks
+    check(compose(f"{group}={option}"), world_size=2 if multi else 1)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
