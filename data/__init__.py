@@ -18,7 +18,7 @@ from .tokenizer import build_tokenizer, eos_id, tokenizer_vocab_size
 
 def build_stream(
     cfg: Any, tokenizer: Tokenizer, split: str, batch_size: int, rank: int = 0, world_size: int = 1
-) -> TokenStream | RoundRobin:
+) -> RoundRobin:
     """Batches of `split` ("train" | "val") for one rank: its own sub-streams (see DataConfig.streams), in turn."""
     validate_data_config(cfg)
     if not 0 <= rank < world_size:
@@ -41,7 +41,7 @@ def build_stream(
         )
         for s in range(rank, n, world_size)
     ]
-    return local[0] if len(local) == 1 else RoundRobin(local, first_index=rank, step=world_size)
+    return RoundRobin(local, first_index=rank, step=world_size)
 
 
 __all__ = [

@@ -179,7 +179,15 @@ class RoundRobin:
         return {"next": self._next, "streams": {str(i): s.state_dict() for i, s in zip(self.indices, self.streams)}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._next = int(state["next"])
+        """`state["streams"]` may hold more streams than this rank reads (the merged states of every rank of a run
+        saved with another world size); each stream takes its own."""
+        missing = [i for i in self.indices if str(i) not in state["streams"]]
+        if missing:
+            raise ValueError(
+                f"the saved data position has no state for stream(s) {missing}: the checkpoint was written with "
+                f"other data.streams; resume with the data.streams it was saved with"
+            )
+        self._next = int(state.get("next", 0)) % len(self.streams)
         for i, s in zip(self.indices, self.streams):
             s.load_state_dict(state["streams"][str(i)])
 

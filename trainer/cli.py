@@ -76,5 +76,15 @@ def main() -> None:
         sys.exit(2)
 
 
+def run_from_dir(run_dir: str | Path) -> dict:
+    """Start or resume the run whose resolved config is RUN_DIR/config.yaml, on every rank of this job. Every rank
+    reads that one file, so job scripts need no Hydra composition at all."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: give a run directory that `train` created")
+    cfg = config_from_yaml(path.read_text())
+    return fit(cfg, run_dir, env.discover_ranks())
+
+
 if __name__ == "__main__":
     main()

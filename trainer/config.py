@@ -14,6 +14,9 @@ from models.config import ModelConfig, validate_model_config
 from optim.config import OptimConfig, ScheduleConfig
 from optim.schedules import schedule_phases
 
+from .checkpoint import CheckpointConfig
+from .launcher import LauncherConfig
+
 PLANS = ("single", "ddp", "fsdp", "hsdp")
 
 
@@ -70,12 +73,6 @@ class ParallelConfig:
 
 
 @dataclass
-class CheckpointConfig:
-    every: int = 0
-    """Reserved for checkpointing: save every this many steps (0: never). Not implemented yet."""
-
-
-@dataclass
 class LoggerConfig:
     name: str = "none"
     """"wandb" logs to Weights & Biases as well as the console and metrics.jsonl; "none" does not."""
@@ -99,6 +96,7 @@ class TrainConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
 
 def register_schemas() -> None:

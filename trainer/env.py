@@ -262,6 +262,20 @@ def peak_memory_gib(device: torch.device) -> float | None:
     return fn(device) / 2**30 if fn else None
 
 
+def rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:
+    """Host and device RNG states (the device's is None on the CPU)."""
+    module = getattr(torch, device.type, None)
+    dev = module.get_rng_state(device) if device.type != "cpu" and hasattr(module, "get_rng_state") else None
+    return {"cpu": torch.get_rng_state(), "device": dev}
+
+
+def set_rng_state(state: dict[str, torch.Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    module = getattr(torch, device.type, None)
+    if state.get("device") is not None and device.type != "cpu" and hasattr(module, "set_rng_state"):
+        module.set_rng_state(state["device"], device)
+
+
 def process_start_time() -> float:
     """Wall-clock time the job started: $ANYTRAIN_JOB_START (set by job scripts) or this process's start."""
     if os.environ.get("ANYTRAIN_JOB_START"):

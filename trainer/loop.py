@@ -1,5 +1,6 @@
-"""Build a run from its config and train it: `fit()`."""
+"""Build a run from its config, resume it if it has checkpoints, and train it: `fit()`."""
 
+import hashlib
 import itertools
 import math
 import time
@@ -14,9 +15,13 @@ import data
 import models
 import optim
 
+from . import checkpoint as ckpt
 from . import env, parallel
-from .config import TrainConfig, grad_accum_steps, validate
-from .metrics import MetricsLogger
+from .config import TrainConfig, config_to_yaml, grad_accum_steps, validate
+from .metrics import MetricsLogger, truncate_metrics
+from .preemption import Preemption
+
+DONE = "DONE"  # written into the run directory when trainer.max_steps is reached
 
 
 @dataclass
@@ -31,10 +36,12 @@ class Run:
     model: torch.nn.Module  # what to call: the parallel wrapper where there is one
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    train_stream: data.TokenStream | data.RoundRobin
+    train_stream: data.RoundRobin
     val_batches: list[torch.Tensor]
     accum: int
     flops_per_token: float
+    checkpointer: ckpt.Checkpointer
+    start_step: int = 0
 
 
 def resolve_vocab(cfg: TrainConfig, tokenizer_vocab: int) -> TrainConfig:
@@ -90,14 +97,34 @@ def _read_val_batches(cfg: TrainConfig, tokenizer, ranks: env.Ranks, device: tor
     return batches
 
 
+def _resume_source(cfg: TrainConfig, run_dir: Path, ranks: env.Ranks) -> tuple[Path | None, bool]:
+    """(checkpoint to start from, whether to restore everything). The run's own checkpoints win over
+    checkpoint.load."""
+    own = ckpt.complete_checkpoints(run_dir / "checkpoints", warn=ranks.is_main)
+    if own:
+        return own[0], True
+    if cfg.checkpoint.load:
+        return ckpt.resolve_load_path(cfg.checkpoint.load), cfg.checkpoint.load_state == "all"
+    return None, False
+
+
 def build_run(cfg: TrainConfig, run_dir: str | Path, ranks: env.Ranks, device: torch.device) -> Run:
-    """Validate, then build data, model and optimizer. Every config error surfaces before the model exists."""
-    validate(cfg, ranks.world_size)
+    """Validate, then build data, model and optimizer, restoring a checkpoint when there is one. Every config
+    error surfaces before the model exists."""
     run_dir = Path(run_dir)
+    if cfg.checkpoint.load_state not in ("model", "all"):
+        raise ValueError(f"checkpoint.load_state must be model or all, got {cfg.checkpoint.load_state!r}")
+    source, full = _resume_source(cfg, run_dir, ranks)
+    meta = ckpt.read_meta(source) if source else None
+    if full and cfg.data.streams is None:  # keep the saved stream layout, so data resumes exactly on any world size
+        cfg = replace(cfg, data=replace(cfg.data, streams=meta.get("data_streams")))
+    validate(cfg, ranks.world_size)
     run_dir.mkdir(parents=True, exist_ok=True)
     t = cfg.trainer
     tokenizer = _build_tokenizer(cfg, ranks)
     cfg = resolve_vocab(cfg, tokenizer.get_vocab_size())
+    if meta:
+        ckpt.check_architecture(meta, cfg.model, source)
     train_stream = data.build_stream(cfg.data, tokenizer, "train", t.micro_batch, ranks.rank, ranks.world_size)
     val_batches = _read_val_batches(cfg, tokenizer, ranks, device)
 
@@ -109,9 +136,7 @@ def build_run(cfg: TrainConfig, run_dir: str | Path, ranks: env.Ranks, device: t
     model = parallel.parallelize(model, cfg.parallel, device, ranks.world_size, t.compile, param_dtype)
     optimizer = optim.build_optimizer(cfg.optim, model)
     scheduler = optim.build_scheduler(optimizer, cfg.schedule, t.max_steps)
-    if ranks.is_main:
-        OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
-    return Run(
+    run = Run(
         cfg=cfg,
         run_dir=run_dir,
         ranks=ranks,
@@ -124,7 +149,35 @@ def build_run(cfg: TrainConfig, run_dir: str | Path, ranks: env.Ranks, device: t
         val_batches=val_batches,
         accum=grad_accum_steps(cfg, ranks.world_size),
         flops_per_token=models.flops_per_token(cfg.model, cfg.data.seq_len),
+        checkpointer=ckpt.Checkpointer(cfg.checkpoint, run_dir, ranks.rank, tokenizer),
     )
+    if source:
+        _restore(run, source, meta, full)
+    if ranks.is_main:
+        OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
+    return run
+
+
+def _restore(run: Run, source: Path, meta: dict, full: bool) -> None:
+    ckpt.restore(source, run.model, run.optimizer if full else None)
+    if not full:
+        return
+    states = ckpt.load_rank_states(source)
+    same_layout = meta["world_size"] == run.ranks.world_size and len(states) == run.ranks.world_size
+    mine = states[run.ranks.rank] if same_layout else states[0]
+    run.scheduler.load_state_dict(mine["scheduler"])
+    env.set_rng_state(mine["rng"], run.device)
+    merged = {k: v for s in states for k, v in s["data"]["streams"].items()}
+    run.train_stream.load_state_dict({"next": 0, "streams": merged})
+    run.start_step = int(meta["step"])
+
+
+def _fingerprint(batches: list[torch.Tensor]) -> str:
+    """A short hash of the tokens of one step: equal fingerprints mean the same data in the same order."""
+    h = hashlib.blake2b(digest_size=8)
+    for b in batches:
+        h.update(b.numpy().tobytes())
+    return h.hexdigest()
 
 
 def train_step(run: Run, micro_batches: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,21 +198,45 @@ def train_step(run: Run, micro_batches: list[torch.Tensor]) -> tuple[torch.Tenso
 
 
 @torch.no_grad()
-def evaluate(run: Run) -> float:
-    """Mean loss over the fixed held-out batches of all ranks."""
+def evaluate(run: Run, preemption: Preemption | None = None) -> float | None:
+    """Mean loss over the fixed held-out batches of all ranks; None when a preemption interrupted it."""
     run.model.eval()
     total = torch.zeros((), device=run.device)
-    for batch in run.val_batches:
-        batch = batch.to(run.device, non_blocking=True)
-        with env.autocast(run.device, run.amp_dtype):
-            total += run.model(batch[:, :-1], batch[:, 1:])
-    run.model.train()
+    try:
+        for batch in run.val_batches:
+            if preemption is not None and preemption.agreed():
+                return None
+            batch = batch.to(run.device, non_blocking=True)
+            with env.autocast(run.device, run.amp_dtype):
+                total += run.model(batch[:, :-1], batch[:, 1:])
+    finally:
+        run.model.train()
     return _all_reduce_mean(total / len(run.val_batches)).item()
 
 
+def save_checkpoint(run: Run, step: int) -> None:
+    cfg = run.cfg
+    rank_state = {
+        "step": step,
+        "rng": env.rng_state(run.device),
+        "data": run.train_stream.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+    }
+    meta = {
+        "world_size": run.ranks.world_size,
+        "data_streams": cfg.data.streams or run.ranks.world_size,
+        "model": asdict(cfg.model),
+        "rope_style": cfg.model.rope_style,
+        "tokenizer": {**asdict(cfg.data.tokenizer), "vocab_size_actual": run.train_stream.vocab_size},
+        "tokens_seen": step * cfg.trainer.global_batch * cfg.data.seq_len,
+        "config": config_to_yaml(cfg),
+    }
+    run.checkpointer.save(step, run.model, run.optimizer, rank_state, meta)
+
+
 def fit(cfg: TrainConfig, run_dir: str | Path, ranks: env.Ranks | None = None, store=None) -> dict:
-    """Train for trainer.max_steps and return the last logged metrics. With several ranks, start the process group
-    on the rank's device first (the store, if given, is the rendezvous the launcher entry already made)."""
+    """Train (or resume) until trainer.max_steps and return the last logged metrics. With several ranks, start the
+    process group on the rank's device first (`store`: the rendezvous the launcher entry already made)."""
     job_start = env.process_start_time()
     ranks = ranks or env.Ranks()
     device = env.resolve_device(cfg.trainer.device, ranks.local_rank)
@@ -167,57 +244,79 @@ def fit(cfg: TrainConfig, run_dir: str | Path, ranks: env.Ranks | None = None, s
         backend = env.choose_backend(device.type, cfg.parallel.backend)
         env.init_distributed(ranks, device, backend, store or env.make_store(ranks), cfg.parallel.timeout_s)
     try:
-        return _train(build_run(cfg, run_dir, ranks, device), job_start)
+        with Preemption() as preemption:
+            return _train(build_run(cfg, run_dir, ranks, device), job_start, preemption)
     finally:
         if _distributed():
             dist.destroy_process_group()
 
 
-def _train(run: Run, job_start: float) -> dict:
-    t, cfg, world = run.cfg.trainer, run.cfg, run.ranks.world_size
+def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
+    t, cfg, world, start = run.cfg.trainer, run.cfg, run.ranks.world_size, run.start_step
     phases = optim.schedule_phases(cfg.schedule, t.max_steps)
     tokens_per_step = t.global_batch * cfg.data.seq_len
     peak = env.peak_flops(run.device)
+    if run.ranks.is_main and start:
+        truncate_metrics(run.run_dir / "metrics.jsonl", start)
     log = MetricsLogger(
-        run.run_dir, cfg.logger, asdict(cfg), t.max_steps, progress_bar=t.progress_bar, enabled=run.ranks.is_main
+        run.run_dir, cfg.logger, asdict(cfg), t.max_steps, start, progress_bar=t.progress_bar, enabled=run.ranks.is_main
     )
+    resumed = f" | resumed at step {start}" if start else ""
     log.message(
         f"run dir {run.run_dir} | {models.num_params(cfg.model) / 1e6:.1f}M params | {world} x "
         f"{env.device_name(run.device)} | plan {cfg.parallel.plan} | accumulation {run.accum} x micro-batch "
-        f"{t.micro_batch} x {world} ranks | effective schedule ({cfg.schedule.name}): {phases}"
+        f"{t.micro_batch} x {world} ranks | effective schedule ({cfg.schedule.name}): {phases}{resumed}"
     )
-    log.log({"step": 0, "val_loss": evaluate(run)})  # the starting point of the held-out curve
-    stream = iter(run.train_stream)
     last: dict = {}
-    window_start, window_steps = time.perf_counter(), 0
-    run_start = time.perf_counter()
     try:
-        for step in range(1, t.max_steps + 1):
+        if start >= t.max_steps:
+            log.message(f"the run is complete: step {start} >= trainer.max_steps={t.max_steps}")
+            return last
+        if start == 0:
+            log.log({"step": 0, "val_loss": evaluate(run)})  # the starting point of the held-out curve
+        stream = iter(run.train_stream)
+        window_start, window_steps, run_start = time.perf_counter(), 0, time.perf_counter()
+        for step in range(start + 1, t.max_steps + 1):
             lr = run.scheduler.get_last_lr()[0]
-            loss, grad_norm = train_step(run, [next(stream) for _ in range(run.accum)])
+            batches = [next(stream) for _ in range(run.accum)]
+            loss, grad_norm = train_step(run, batches)
             window_steps += 1
             log.advance()
             is_last = step == t.max_steps
             do_eval = is_last or (t.eval_every > 0 and step % t.eval_every == 0)
-            if step % t.log_every and not do_eval and step != 1:
-                continue
-            loss = _all_reduce_mean(loss)
-            env.synchronize(run.device)
-            elapsed = time.perf_counter() - window_start
-            tokens_per_s = window_steps * tokens_per_step / elapsed
-            metrics = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item()}
-            metrics["tokens_per_s"] = tokens_per_s
-            metrics["tokens_per_s_per_device"] = tokens_per_s / world
-            metrics["mfu"] = run.flops_per_token * tokens_per_s / world / peak if peak else None
-            metrics["peak_mem_gib"] = env.peak_memory_gib(run.device)
-            metrics["eta_s"] = (time.perf_counter() - run_start) / step * (t.max_steps - step)
-            if step == 1:
-                metrics["time_to_first_step_s"] = time.time() - job_start
-            if do_eval:
-                metrics["val_loss"] = evaluate(run)
-            log.log(metrics)
-            last = metrics
-            window_start, window_steps = time.perf_counter(), 0
+            stop = False
+            if not (step % t.log_every and not do_eval and step != start + 1):
+                loss = _all_reduce_mean(loss)
+                env.synchronize(run.device)
+                elapsed = time.perf_counter() - window_start
+                tokens_per_s = window_steps * tokens_per_step / elapsed
+                metrics = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item()}
+                metrics["tokens_per_s"] = tokens_per_s
+                metrics["tokens_per_s_per_device"] = tokens_per_s / world
+                metrics["mfu"] = run.flops_per_token * tokens_per_s / world / peak if peak else None
+                metrics["peak_mem_gib"] = env.peak_memory_gib(run.device)
+                metrics["eta_s"] = (time.perf_counter() - run_start) / (step - start) * (t.max_steps - step)
+                metrics["batch_hash"] = _fingerprint(batches)
+                if step == start + 1:
+                    metrics["time_to_first_step_s"] = time.time() - job_start
+                if do_eval:
+                    val = evaluate(run, preemption)
+                    stop = val is None
+                    if val is not None:
+                        metrics["val_loss"] = val
+                log.log(metrics)
+                last = metrics
+                window_start, window_steps = time.perf_counter(), 0
+            stop = stop or preemption.agreed()
+            if stop or (cfg.checkpoint.every > 0 and (step % cfg.checkpoint.every == 0 or is_last)):
+                save_checkpoint(run, step)
+            if stop:
+                run.checkpointer.finish()
+                log.message(f"preempted by signal {preemption.received or 'on another rank'}: saved step {step}")
+                return {**last, "preempted": True}
+        run.checkpointer.finish()
+        if run.ranks.is_main:
+            (run.run_dir / DONE).write_text(f"{t.max_steps}\n")
     finally:
         log.close()
     return last

@@ -36,6 +36,17 @@ def format_line(m: dict[str, Any], max_steps: int) -> str:
     return " | ".join(parts)
 
 
+def truncate_metrics(path: str | Path, step: int) -> None:
+    """Drop the lines after `step` (work a resume redoes), so the curve has no duplicate steps. Atomic."""
+    path = Path(path)
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+
+
 class MetricsLogger:
     """One call per log step fans a dict of numbers out to every sink. Only rank 0 should hold one."""
 

@@ -16,6 +16,14 @@ def _params(args: argparse.Namespace) -> None:
     print(f"training FLOPs per token at seq {args.seq_len}: {models.flops_per_token(cfg, args.seq_len) / 1e9:.3f} G")
 
 
+def _run(args: argparse.Namespace) -> None:
+    from .cli import run_from_dir
+
+    result = run_from_dir(args.run_dir)
+    if result.get("preempted"):
+        print("preempted: checkpoint saved; run the same command again to resume")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="anytrain", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -24,6 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--vocab", type=int, default=4096, help="vocabulary when the preset leaves it null")
     p.set_defaults(func=_params)
+    p = sub.add_parser("run", help="start or resume the run in RUN_DIR from its config.yaml (what job scripts call)")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_run)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -1,0 +1,313 @@
+"""Checkpoints that never lose a run.
+
+Layout of one checkpoint, `<run>/checkpoints/step-N/`:
+- `.metadata`, `*.distcp`: torch.distributed.checkpoint of {"model": ..., "optim": ...} (fp32 master weights,
+  sharded as saved; any number of ranks can load it);
+- `rank-R.pt`: what is local to rank R (RNG states, data position, schedule);
+- `meta.json`: step, world size, architecture (incl. the RoPE convention), tokenizer, resolved config, file sizes;
+- `tokenizer.json`: the tokenizer the run used;
+- `COMPLETE`: written last.
+
+A checkpoint is written into `.step-N.tmp/` and renamed to `step-N/` only once every rank has finished and the marker
+is in place, so a crash mid-save never leaves a directory that a resume would pick.
+"""
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from models import ModelConfig, build_model
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+COMPLETE, META, TOKENIZER = "COMPLETE", "meta.json", "tokenizer.json"
+# Fields that change the function a checkpoint's weights compute; a mismatch with the config is an error.
+ARCH_FIELDS = (
+    "dim",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "ffn_hidden",
+    "vocab_size",
+    "rope_theta",
+    "rope_style",
+    "tie_embeddings",
+    "qk_norm",
+    "norm_eps",
+)
+_STEP = re.compile(r"^step-(\d+)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, with the reason."""
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0
+    """Save every this many steps and at the last step (0: only when preempted)."""
+    keep_last: int = 3
+    """Complete checkpoints to keep (older ones are deleted after a newer one is complete); 0 keeps all."""
+    load: str | None = None
+    """Start from another run's checkpoint: a step-N directory, or a run or checkpoints directory (its newest
+    complete checkpoint). The run's own checkpoints win over it when there are any."""
+    load_state: str = "model"
+    """What `load` restores: "model" (weights only; step, optimizer and data start fresh) or "all" (continue its
+    step, optimizer, schedule and data position)."""
+    async_save: bool = False
+    """Write checkpoints in a background thread (training continues once the state is staged in host memory);
+    the checkpoint is finalised, and marked complete, at the next save or at the end of the run."""
+
+
+def _dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _barrier() -> None:
+    if _dist():
+        dist.barrier()
+
+
+def step_of(path: Path) -> int | None:
+    m = _STEP.match(path.name)
+    return int(m.group(1)) if m else None
+
+
+def verify(path: Path) -> str | None:
+    """None when the checkpoint is complete and intact, else what is wrong with it."""
+    if not (path / COMPLETE).is_file():
+        return f"no {COMPLETE} marker (the save did not finish)"
+    try:
+        meta = json.loads((path / META).read_text())
+    except (OSError, ValueError) as e:
+        return f"unreadable {META}: {e}"
+    for name, size in meta.get("files", {}).items():
+        f = path / name
+        if not f.is_file():
+            return f"file {name} is missing"
+        if f.stat().st_size != size:
+            return f"file {name} has {f.stat().st_size} bytes, {size} were written (truncated or altered)"
+    return None
+
+
+def complete_checkpoints(root: Path, warn: bool = True) -> list[Path]:
+    """Intact checkpoints under root, newest first; broken ones are skipped with a warning."""
+    if not root.is_dir():
+        return []
+    found = sorted((p for p in root.iterdir() if p.is_dir() and step_of(p) is not None), key=step_of, reverse=True)
+    good = []
+    for p in found:
+        problem = verify(p)
+        if problem is None:
+            good.append(p)
+        elif warn:
+            log.warning("skipping checkpoint %s: %s", p, problem)
+    return good
+
+
+def resolve_load_path(path: str | Path) -> Path:
+    """A step-N directory as is; a run or checkpoints directory: its newest complete checkpoint."""
+    p = Path(path).expanduser()
+    if step_of(p) is not None or (p / META).is_file():
+        problem = verify(p)
+        if problem:
+            raise CheckpointError(f"checkpoint.load={path}: {problem}")
+        return p
+    for root in (p / "checkpoints", p):
+        found = complete_checkpoints(root)
+        if found:
+            return found[0]
+    raise CheckpointError(
+        f"checkpoint.load={path}: no complete checkpoint there (expected a step-N directory with a {COMPLETE} marker, "
+        f"or a run directory holding checkpoints/step-N)"
+    )
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    return json.loads((path / META).read_text())
+
+
+def check_architecture(meta: dict[str, Any], model: ModelConfig, where: Path) -> None:
+    saved = meta["model"]
+    for name in ARCH_FIELDS:
+        if saved.get(name) != getattr(model, name):
+            raise CheckpointError(
+                f"checkpoint {where} was trained with model.{name}={saved.get(name)!r} but the config has "
+                f"model.{name}={getattr(model, name)!r}: set model.{name}={saved.get(name)} to load it, or start "
+                f"without this checkpoint"
+            )
+
+
+def load_rank_states(path: Path) -> list[dict[str, Any]]:
+    """Every rank's local state of a checkpoint, in rank order."""
+    files = sorted(path.glob("rank-*.pt"), key=lambda f: int(f.stem.split("-")[1]))
+    return [torch.load(f, map_location="cpu", weights_only=True) for f in files]
+
+
+def _fsync_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def publish(tmp: Path, final: Path, step: int, meta: dict[str, Any], tokenizer: Any = None) -> Path:
+    """Finish a checkpoint written into tmp: tokenizer, meta with file sizes, marker last, then the atomic rename.
+    `tokenizer` is a tokenizer.json path or a `tokenizers.Tokenizer`."""
+    if isinstance(tokenizer, (str, Path)):
+        shutil.copyfile(tokenizer, tmp / TOKENIZER)
+    elif tokenizer is not None:
+        tokenizer.save(str(tmp / TOKENIZER))
+    files = {f.name: f.stat().st_size for f in tmp.iterdir() if f.is_file()}
+    meta = {**meta, "format": FORMAT, "step": step, "saved_at": time.time(), "files": files}
+    _fsync_write(tmp / META, json.dumps(meta, indent=1))
+    _fsync_write(tmp / COMPLETE, f"{step}\n")
+    if final.exists():  # the same step saved again after a resume: replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    dir_fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return final
+
+
+@dataclass
+class _Pending:
+    step: int
+    tmp: Path
+    meta: dict[str, Any]
+    future: Future | None
+
+
+class Checkpointer:
+    """Saves and finds the checkpoints of one run. Every method is called on every rank."""
+
+    def __init__(self, cfg: CheckpointConfig, run_dir: str | Path, rank: int, tokenizer: Any = None):
+        self.cfg = cfg
+        self.root = Path(run_dir) / "checkpoints"
+        self.rank = rank
+        self.tokenizer = tokenizer
+        self._pending: _Pending | None = None
+
+    def latest(self) -> Path | None:
+        found = complete_checkpoints(self.root, warn=self.rank == 0)
+        return found[0] if found else None
+
+    def save(
+        self,
+        step: int,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        rank_state: dict[str, Any],
+        meta: dict[str, Any],
+    ) -> None:
+        """Write step-N (finishing any earlier asynchronous save first)."""
+        self.finish()
+        tmp = self.root / f".step-{step}.tmp"
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # the leftovers of a save that crashed
+            tmp.mkdir(parents=True)
+        _barrier()
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        future = None
+        if self.cfg.async_save and _dist():
+            future = dcp.async_save(state, checkpoint_id=str(tmp))
+        else:
+            dcp.save(state, checkpoint_id=str(tmp))
+        torch.save(rank_state, tmp / f"rank-{self.rank}.pt")
+        self._pending = _Pending(step, tmp, meta, future)
+        if future is None:
+            self.finish()
+
+    def finish(self) -> None:
+        """Wait for the pending save on every rank, then mark it complete and publish it under its final name."""
+        if self._pending is None:
+            return
+        pending, self._pending = self._pending, None
+        if pending.future is not None:
+            pending.future.result()
+        _barrier()
+        if self.rank == 0:
+            self._publish(pending)
+        _barrier()
+
+    def _publish(self, pending: _Pending) -> None:
+        final = publish(pending.tmp, self.root / f"step-{pending.step}", pending.step, pending.meta, self.tokenizer)
+        log.info("checkpoint saved: %s", final)
+        self._prune(keep=final)
+
+    def _prune(self, keep: Path) -> None:
+        if self.cfg.keep_last <= 0:
+            return
+        for old in complete_checkpoints(self.root, warn=False)[self.cfg.keep_last :]:
+            if old != keep:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+    """Load model (and optimizer, when given) from a checkpoint into the live, possibly sharded, objects."""
+    model_sd, optim_sd = get_state_dict(model, optimizer if optimizer is not None else [])
+    state = {"model": model_sd}
+    if optimizer is not None:
+        state["optim"] = optim_sd
+    try:
+        dcp.load(state, checkpoint_id=str(path))
+    except Exception as e:  # DCP raises many kinds on truncated or foreign files
+        raise CheckpointError(f"checkpoint {path} cannot be read: {e}") from e
+    if optimizer is not None:
+        set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
+    else:
+        set_state_dict(model, [], model_state_dict=model_sd, optim_state_dict={})
+
+
+def load_model_state(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """The consolidated fp32 weights of a checkpoint in this single process (no process group needed), with its
+    model config and meta. Tied checkpoints hold both tok_embeddings.weight and output.weight (equal)."""
+    path = Path(path)
+    problem = verify(path)
+    if problem:
+        raise CheckpointError(f"checkpoint {path}: {problem}")
+    meta = read_meta(path)
+    cfg = ModelConfig(**meta["model"])
+    shapes = build_model(cfg, device="meta").state_dict()
+    state = {k: torch.empty(v.shape, dtype=torch.float32) for k, v in shapes.items()}
+    try:
+        dcp.load({"model": state}, checkpoint_id=str(path), no_dist=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {e}") from e
+    return cfg, state, meta
+
+
+def write_model_checkpoint(
+    out_dir: str | Path,
+    cfg: ModelConfig,
+    state: dict[str, torch.Tensor],
+    meta: dict[str, Any] | None = None,
+    tokenizer: Any = None,
+) -> Path:
+    """A model-only checkpoint (step 0) that `checkpoint.load=OUT_DIR` can start from, written atomically."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    dcp.save({"model": {k: v.float().contiguous() for k, v in state.items()}}, checkpoint_id=str(tmp), no_dist=True)
+    return publish(tmp, out, 0, {"model": asdict(cfg), "model_only": True, **(meta or {})}, tokenizer)
