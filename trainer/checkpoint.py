@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from models import ModelConfig, build_model
 
 log = logging.getLogger(__name__)
+# DCP warns that it runs "in a single process" every time it does, which is what we ask of it there.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 FORMAT = 1
 COMPLETE, META, TOKENIZER = "COMPLETE", "meta.json", "tokenizer.json"
@@ -228,10 +231,10 @@ class Checkpointer:
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optim": optim_sd}
         future = None
-        if self.cfg.async_save and _dist():
-            future = dcp.async_save(state, checkpoint_id=str(tmp))
+        if self.cfg.async_save:
+            future = dcp.async_save(state, checkpoint_id=str(tmp), no_dist=not _dist())
         else:
-            dcp.save(state, checkpoint_id=str(tmp))
+            dcp.save(state, checkpoint_id=str(tmp), no_dist=not _dist())
         torch.save(rank_state, tmp / f"rank-{self.rank}.pt")
         self._pending = _Pending(step, tmp, meta, future)
         if future is None:
@@ -269,7 +272,7 @@ def restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
     if optimizer is not None:
         state["optim"] = optim_sd
     try:
-        dcp.load(state, checkpoint_id=str(path))
+        dcp.load(state, checkpoint_id=str(path), no_dist=not _dist())
     except Exception as e:  # DCP raises many kinds on truncated or foreign files
         raise CheckpointError(f"checkpoint {path} cannot be read: {e}") from e
     if optimizer is not None:
