@@ -40,6 +40,9 @@ def _hydra_main(cfg: DictConfig) -> None:
     run_dir, ranks = hc.runtime.output_dir, _Job.ranks
     try:
         train_cfg = to_train_config(cfg)
+        if train_cfg.launcher.name != "local":  # render a job script into the run dir and submit it; no training here
+            _submit(train_cfg, run_dir)
+            return
         if ranks.world_size > 1:
             if hc.mode == RunMode.MULTIRUN:
                 raise ValueError("a multirun (-m) sweep cannot run inside a multi-rank job: launch one job per run")
@@ -50,6 +53,25 @@ def _hydra_main(cfg: DictConfig) -> None:
     except USER_ERRORS as e:  # config and data errors: one clear line, not a traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def _submit(train_cfg, run_dir: str) -> None:
+    from . import launcher
+
+    nodes, world = launcher.validate_launcher(train_cfg.launcher)
+    try:
+        validate(train_cfg, world)
+    except ValueError as e:
+        lc = train_cfg.launcher
+        raise ValueError(
+            f"{e} (the job has {world} ranks: launcher.nodes={nodes} x launcher.ranks_per_node={lc.ranks_per_node})"
+        ) from None
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.structured(train_cfg), Path(run_dir) / "config.yaml")
+    try:
+        launcher.launch(train_cfg, run_dir)
+    except RuntimeError as e:  # sbatch/qsub refused the job: their message, no traceback
+        sys.exit(f"error: {e}")
 
 
 def main() -> None:

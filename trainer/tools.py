@@ -24,6 +24,12 @@ def _run(args: argparse.Namespace) -> None:
         print("preempted: checkpoint saved; run the same command again to resume")
 
 
+def _watchdog(args: argparse.Namespace) -> None:
+    from . import watchdog
+
+    watchdog.main(args)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="anytrain", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -35,6 +41,11 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("run", help="start or resume the run in RUN_DIR from its config.yaml (what job scripts call)")
     p.add_argument("run_dir")
     p.set_defaults(func=_run)
+    p = sub.add_parser("watchdog", help="run CMD, kill it after --idle-timeout silent seconds (exit 124), retry it")
+    from .watchdog import add_arguments as _watchdog_arguments
+
+    _watchdog_arguments(p)
+    p.set_defaults(func=_watchdog)
     args = parser.parse_args(argv)
     args.func(args)
 
