@@ -24,6 +24,36 @@ def _run(args: argparse.Namespace) -> None:
         print("preempted: checkpoint saved; run the same command again to resume")
 
 
+def _fail_clearly(fn, args: argparse.Namespace) -> None:
+    """Bad input to export/import/consolidate: one error line and exit code 2, no traceback."""
+    import sys
+
+    try:
+        path = fn(args)
+    except (ValueError, OSError) as e:  # CheckpointError, ExportError and HFConversionError are ValueErrors
+        print(f"anytrain {args.command}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"wrote {path}")
+
+
+def _export_hf(args: argparse.Namespace) -> None:
+    from .export import export_hf
+
+    _fail_clearly(lambda a: export_hf(a.checkpoint, a.out_dir, a.dtype, a.max_shard_size, a.force), args)
+
+
+def _import_hf(args: argparse.Namespace) -> None:
+    from .export import import_hf
+
+    _fail_clearly(lambda a: import_hf(a.hf_dir, a.out_dir, a.force), args)
+
+
+def _consolidate(args: argparse.Namespace) -> None:
+    from .export import consolidate
+
+    _fail_clearly(lambda a: consolidate(a.checkpoint, a.out_file, a.dtype, a.force), args)
+
+
 def _watchdog(args: argparse.Namespace) -> None:
     from . import watchdog
 
@@ -46,6 +76,24 @@ def main(argv: list[str] | None = None) -> None:
 
     _watchdog_arguments(p)
     p.set_defaults(func=_watchdog)
+    p = sub.add_parser("export-hf", help="checkpoint -> Hugging Face model directory (Llama; Qwen3 with qk_norm)")
+    p.add_argument("checkpoint", help="a step-N directory, or a run / checkpoints directory (its newest checkpoint)")
+    p.add_argument("out_dir")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    p.add_argument("--max-shard-size", default="5GB", help="split the weights into shards of at most this size")
+    p.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
+    p.set_defaults(func=_export_hf)
+    p = sub.add_parser("import-hf", help="local Hugging Face Llama directory -> model-only checkpoint")
+    p.add_argument("hf_dir")
+    p.add_argument("out_dir", help="start training from it with checkpoint.load=OUT_DIR")
+    p.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
+    p.set_defaults(func=_import_hf)
+    p = sub.add_parser("consolidate", help="checkpoint's model -> one safetensors file with anytrain's names")
+    p.add_argument("checkpoint")
+    p.add_argument("out_file")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="fp32")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT_FILE")
+    p.set_defaults(func=_consolidate)
     args = parser.parse_args(argv)
     args.func(args)
 
