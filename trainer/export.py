@@ -75,6 +75,13 @@ def _tmp_dir(out: Path) -> Path:
     return tmp
 
 
+def _source(path: str | Path) -> Path:
+    try:
+        return ckpt.resolve_load_path(path)
+    except ckpt.CheckpointError as e:  # its message is worded for the training config key; here it is an argument
+        raise ExportError(str(e).removeprefix("checkpoint.load=")) from None
+
+
 def _eos_token(meta: dict[str, Any]) -> str:
     return (meta.get("tokenizer") or {}).get("eos_token") or DEFAULT_EOS
 
@@ -126,9 +133,9 @@ def export_hf(
 ) -> Path:
     """An anytrain checkpoint -> a directory that `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer` load."""
     out = Path(out_dir)
-    _check_target(out, force)  # fail before the (possibly long) work
     torch_dtype = _dtype(dtype)
-    source = ckpt.resolve_load_path(checkpoint)
+    source = _source(checkpoint)
+    _check_target(out, force)  # fail before the (possibly long) work
     cfg, state, meta = ckpt.load_model_state(source)
     hf_state = hf.to_hf_state(state, cfg, torch_dtype)
     tmp = _tmp_dir(out)
@@ -212,8 +219,8 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, force: bool = False) -> P
     eos = _hf_eos(src)
     if eos:
         meta["tokenizer"] = {"kind": "file", "eos_token": eos}
-    if out.exists() and force:
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    if out.is_file() and force:
+        out.unlink()  # a directory is replaced by write_model_checkpoint's atomic rename, only once the new one is done
     return ckpt.write_model_checkpoint(out, cfg, state, meta, tokenizer if tokenizer.is_file() else None)
 
 
@@ -224,7 +231,7 @@ def consolidate(checkpoint: str | Path, out_file: str | Path, dtype: str = "fp32
     if out.exists() and not force:
         raise ExportError(f"{out} exists: choose another path or pass --force to replace it")
     torch_dtype = _dtype(dtype)
-    source = ckpt.resolve_load_path(checkpoint)
+    source = _source(checkpoint)
     cfg, state, meta = ckpt.load_model_state(source)
     tensors = {k: v.to(torch_dtype).contiguous() for k, v in state.items()}
     header = {

@@ -174,8 +174,9 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
         (["import-hf", str(tmp_path / "nope"), str(tmp_path / "o3")], "no config.json"),
         (["consolidate", str(tmp_path / "nope"), str(tmp_path / "o4.safetensors")], "no complete checkpoint"),
     ]
-    (src / ckpt.COMPLETE).unlink()
-    cases.append((["export-hf", str(src), str(tmp_path / "o5")], "COMPLETE"))
+    broken = ckpt.write_model_checkpoint(tmp_path / "ck2", model.cfg, model.state_dict())
+    (broken / ckpt.COMPLETE).unlink()
+    cases.append((["export-hf", str(broken), str(tmp_path / "o5")], "COMPLETE"))
     for argv, words in cases:
         capsys.readouterr()
         with pytest.raises(SystemExit) as e:
