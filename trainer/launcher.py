@@ -183,6 +183,10 @@ def render(cfg, run_dir: str | Path) -> str:
     if lc.name not in SCRIPT_NAMES:
         raise ValueError(f"launcher.name={lc.name!r} renders no job script: use launcher=slurm or launcher=pbs")
     run_dir = Path(run_dir).resolve()
+    if any(c.isspace() for c in str(run_dir)):
+        raise ValueError(
+            f"the run directory {str(run_dir)!r} contains white space, which #SBATCH/#PBS lines cannot hold"
+        )
     python = lc.python or sys.executable
     workdir = Path(lc.workdir or os.getcwd()).resolve()
     job_name = lc.job_name or ("anytrain-" + re.sub(r"[^A-Za-z0-9_.-]", "_", run_dir.name))[:64]
@@ -204,22 +208,20 @@ def render(cfg, run_dir: str | Path) -> str:
         launch = ["mpiexec", "--envall", "--np", str(ranks), "--ppn", str(lc.ranks_per_node)]
         launch += ["--hostfile", "$PBS_NODEFILE"]
         launch += ["--cpu-bind", lc.cpu_bind] if lc.cpu_bind else []
-    if " " in str(run_dir):
-        raise ValueError(f"the run directory {run_dir} contains a space, which #SBATCH/#PBS lines cannot hold")
     prefix = "#SBATCH " if lc.name == "slurm" else "#PBS "
     launch += list(lc.launcher_args)
     command = " ".join('"$PBS_NODEFILE"' if a == "$PBS_NODEFILE" else _q(a) for a in launch)
     command += " " + " ".join(_q(a) for a in (python, "-m", "trainer.tools", "run")) + ' "$RUN_DIR"'
-    setup = lc.setup
-    if setup:
-        setup = ["# shellcheck source=/dev/null disable=SC2034  # site lines, verbatim", *setup]
+    setup = "# (no launcher.setup lines)"
+    if lc.setup:  # verbatim site lines, grouped so that one shellcheck directive covers them (sourced files)
+        setup = "\n".join(["# launcher.setup", "# shellcheck disable=SC1090,SC1091", "{", *lc.setup, "}"])
     values = {
         "directives": _lines(prefix, directives + list(lc.directives)),
         "run_dir": _q(run_dir),
         "script": _q(run_dir / SCRIPT_NAMES[lc.name]),
         "workdir": _q(workdir),
         "chain": str(lc.chain),
-        "setup": "\n".join(setup) if setup else "# (no launcher.setup lines)",
+        "setup": setup,
         "command": _watchdog(lc, python, run_dir) + command,
         "nodes": str(nodes),
         "ranks": str(ranks),
