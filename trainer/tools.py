@@ -60,6 +60,19 @@ def _watchdog(args: argparse.Namespace) -> None:
     watchdog.main(args)
 
 
+def _speedrun_report(args: argparse.Namespace) -> None:
+    import sys
+
+    from .reports import speedrun_report
+
+    try:
+        markdown, _ = speedrun_report(args.multirun_dir, args.target_loss, args.out)
+    except ValueError as e:
+        print(f"anytrain speedrun-report: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(markdown)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="anytrain", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +107,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="fp32")
     p.add_argument("--force", action="store_true", help="replace an existing OUT_FILE")
     p.set_defaults(func=_consolidate)
+    p = sub.add_parser("speedrun-report", help="leaderboard (md, csv) and loss plot of a multirun's runs")
+    p.add_argument("multirun_dir", help="the folder of a `train -m` sweep, e.g. multirun/<date>/<time>")
+    p.add_argument("--target-loss", type=float, default=None, help="report steps and time to this held-out loss")
+    p.add_argument("--out", default=None, help="where to write the report (default: MULTIRUN_DIR)")
+    p.set_defaults(func=_speedrun_report)
     args = parser.parse_args(argv)
     args.func(args)
 
