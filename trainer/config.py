@@ -16,6 +16,8 @@ from optim.schedules import schedule_phases
 
 from .checkpoint import CheckpointConfig
 from .launcher import LauncherConfig
+from .lr_finder import LRFinderConfig, validate_finder
+from .spikes import SpikeConfig, validate_skip_ranges
 
 PLANS = ("single", "ddp", "fsdp", "hsdp")
 
@@ -46,6 +48,13 @@ class TrainerConfig:
     """Run directory (config, metrics, checkpoints). None: runs/<date>_<time>, or the sweep folder under -m."""
     progress_bar: bool = True
     """Show a progress bar with ETA on the console (log lines are printed either way)."""
+    skip_steps: list[list[int]] = field(default_factory=list)
+    """Steps whose update never happens, as inclusive [first, last] ranges (e.g. [[1200, 1210]]): their batches are
+    drawn and discarded (the data order afterwards is unchanged) and the schedule advances."""
+    spikes: SpikeConfig = field(default_factory=SpikeConfig)
+    """Automatic skipping of NaN/inf and loss or grad-norm spikes."""
+    max_consecutive_skips: int = 8
+    """Stop the run when more automatic skips than this happen in a row."""
 
 
 @dataclass
@@ -97,6 +106,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    lr_find: LRFinderConfig = field(default_factory=LRFinderConfig)
 
 
 def register_schemas() -> None:
@@ -164,6 +174,9 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
             f"but makes {grad_accum_steps(cfg, world_size)} micro-steps per step: make the micro-steps a multiple of "
             f"the streams per rank (trainer.global_batch / trainer.micro_batch / ranks), or change data.streams"
         )
+    validate_skip_ranges(t.skip_steps)
+    if cfg.lr_find.enabled:
+        validate_finder(cfg.lr_find)
     if cfg.logger.name not in ("none", "wandb"):
         raise ValueError(f"logger.name must be 'none' or 'wandb', got {cfg.logger.name!r}")
     schedule_phases(cfg.schedule, t.max_steps)

@@ -16,10 +16,11 @@ import models
 import optim
 
 from . import checkpoint as ckpt
-from . import env, parallel
+from . import env, lr_finder, parallel
 from .config import TrainConfig, config_to_yaml, grad_accum_steps, validate
 from .metrics import MetricsLogger, truncate_metrics
 from .preemption import Preemption
+from .spikes import SpikeDetector, guarded_step, in_ranges
 
 DONE = "DONE"  # written into the run directory when trainer.max_steps is reached
 
@@ -41,6 +42,7 @@ class Run:
     accum: int
     flops_per_token: float
     checkpointer: ckpt.Checkpointer
+    spikes: SpikeDetector
     start_step: int = 0
 
 
@@ -150,6 +152,7 @@ def build_run(cfg: TrainConfig, run_dir: str | Path, ranks: env.Ranks, device: t
         accum=grad_accum_steps(cfg, ranks.world_size),
         flops_per_token=models.flops_per_token(cfg.model, cfg.data.seq_len),
         checkpointer=ckpt.Checkpointer(cfg.checkpoint, run_dir, ranks.rank, tokenizer),
+        spikes=SpikeDetector(cfg.trainer.spikes, device),
     )
     if source:
         _restore(run, source, meta, full)
@@ -180,9 +183,9 @@ def _fingerprint(batches: list[torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def train_step(run: Run, micro_batches: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer update over the micro-batches. Returns (this rank's mean loss, global grad norm) as device
-    tensors: reading them forces a host sync, so the caller does that only on log steps."""
+def train_step(run: Run, micro_batches: list[torch.Tensor], schedule: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer update over the micro-batches, unless the spike detector vetoes it. Returns (global mean loss,
+    global grad norm) as device tensors: reading them forces a host sync, so callers do that on log steps only."""
     model, loss_sum, last = run.model, torch.zeros((), device=run.device), len(micro_batches) - 1
     for i, batch in enumerate(micro_batches):
         batch = batch.to(run.device, non_blocking=True)
@@ -191,10 +194,12 @@ def train_step(run: Run, micro_batches: list[torch.Tensor]) -> tuple[torch.Tenso
             (loss / len(micro_batches)).backward()
         loss_sum += loss.detach()
     grad_norm = parallel.clip_grad_norm(model, run.cfg.optim.grad_clip)
-    run.optimizer.step()
-    run.scheduler.step()
+    loss = _all_reduce_mean(loss_sum / len(micro_batches))  # the same value, and so the same decision, everywhere
+    guarded_step(run.optimizer, run.spikes.decide(loss, grad_norm))
+    if schedule:
+        run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return loss_sum / len(micro_batches), grad_norm
+    return loss, grad_norm
 
 
 @torch.no_grad()
@@ -244,11 +249,45 @@ def fit(cfg: TrainConfig, run_dir: str | Path, ranks: env.Ranks | None = None, s
         backend = env.choose_backend(device.type, cfg.parallel.backend)
         env.init_distributed(ranks, device, backend, store or env.make_store(ranks), cfg.parallel.timeout_s)
     try:
+        run = build_run(cfg, run_dir, ranks, device)
+        if cfg.lr_find.enabled:
+            return find_lr(run)
         with Preemption() as preemption:
-            return _train(build_run(cfg, run_dir, ranks, device), job_start, preemption)
+            return _train(run, job_start, preemption)
     finally:
         if _distributed():
             dist.destroy_process_group()
+
+
+def find_lr(run: Run) -> dict:
+    """The LR range test on this run's model, data, optimizer and parallel plan (the schedule stays off)."""
+    cfg = run.cfg.lr_find
+    log = MetricsLogger(run.run_dir, run.cfg.logger, asdict(run.cfg), cfg.steps, enabled=run.ranks.is_main)
+    stream = iter(run.train_stream)
+
+    def step() -> float:
+        loss, _ = train_step(run, [next(stream) for _ in range(run.accum)], schedule=False)
+        return loss.item()
+
+    def on_step(i: int, lr: float, loss: float) -> None:
+        log.log({"step": i, "loss": loss, "lr": run.optimizer.param_groups[0]["lr"], "swept_lr": lr})
+
+    try:
+        lrs, losses = lr_finder.sweep(cfg, run.cfg.optim.lr, run.optimizer.param_groups, step, on_step)
+        smoothed, suggestion = lr_finder.analyse(lrs, losses, cfg)
+        if run.ranks.is_main:
+            lr_finder.write_results(run.run_dir, lrs, losses, smoothed, suggestion)
+        log.message(
+            f"lr finder: suggested optim.lr={suggestion.suggested_lr:.3g} (blow-up at {suggestion.blowup_lr:.3g}, "
+            f"lowest loss at {suggestion.min_loss_lr:.3g}, {suggestion.steps_run} steps); files in {run.run_dir}"
+        )
+    finally:
+        log.close()
+    return asdict(suggestion)
+
+
+class TooManySkips(ValueError):
+    """More consecutive automatic skips than trainer.max_consecutive_skips."""
 
 
 def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
@@ -279,14 +318,21 @@ def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
         for step in range(start + 1, t.max_steps + 1):
             lr = run.scheduler.get_last_lr()[0]
             batches = [next(stream) for _ in range(run.accum)]
+            if in_ranges(step, t.skip_steps):  # drawn and discarded: the data order afterwards is unchanged
+                skip_start = time.perf_counter()
+                run.scheduler.step()
+                log.advance()
+                log.log({"step": step, "lr": lr, "skipped": "manual", "batch_hash": _fingerprint(batches)})
+                window_start += time.perf_counter() - skip_start  # left out of tokens/s and MFU
+                continue
             loss, grad_norm = train_step(run, batches)
+            run.spikes.note_limit(step, t.max_consecutive_skips, loss, grad_norm)
             window_steps += 1
             log.advance()
             is_last = step == t.max_steps
             do_eval = is_last or (t.eval_every > 0 and step % t.eval_every == 0)
             stop = False
             if not (step % t.log_every and not do_eval and step != start + 1):
-                loss = _all_reduce_mean(loss)
                 env.synchronize(run.device)
                 elapsed = time.perf_counter() - window_start
                 tokens_per_s = window_steps * tokens_per_step / elapsed
@@ -297,6 +343,15 @@ def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
                 metrics["peak_mem_gib"] = env.peak_memory_gib(run.device)
                 metrics["eta_s"] = (time.perf_counter() - run_start) / (step - start) * (t.max_steps - step)
                 metrics["batch_hash"] = _fingerprint(batches)
+                metrics["skipped_steps"], too_many = run.spikes.read()
+                if too_many:
+                    s_step, s_loss, s_norm = too_many
+                    raise TooManySkips(
+                        f"more than trainer.max_consecutive_skips={t.max_consecutive_skips} updates in a row were "
+                        f"skipped as spikes or NaN, first passing the limit at step {int(s_step)} (loss {s_loss:.4g}, "
+                        f"grad norm {s_norm:.4g}): inspect the data around that step, lower optim.lr, or resume from "
+                        f"an earlier checkpoint with trainer.skip_steps covering the bad batches"
+                    )
                 if step == start + 1:
                     metrics["time_to_first_step_s"] = time.time() - job_start
                 if do_eval:

@@ -150,3 +150,31 @@ def test_a_config_error_stops_every_rank_with_one_message(tmp_path, tok_cache):
     )
     assert r.returncode != 0
     assert "trainer.global_batch=12 is not divisible by trainer.micro_batch=4 x 2 data-parallel rank(s)" in r.stderr
+
+
+def test_the_skip_decision_agrees_across_ranks(tmp_path, tok_cache):
+    """A spike on rank 1 only: both ranks skip the update (DDP would otherwise desynchronise or hang)."""
+    worker = Path(__file__).parent / "spike_worker.py"
+    config_dir = Path(__file__).resolve().parents[2] / "configs"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_"))}
+    r = subprocess.run(
+        [
+            *torchrun(2),
+            str(worker),
+            str(config_dir),
+            str(tmp_path),
+            *PARITY,
+            tok_cache,
+            "parallel=ddp",
+            "trainer.spikes.warmup=4",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = sorted(
+        (json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")), key=lambda d: d["rank"]
+    )
+    assert results == [{"rank": 0, "skipped": 1, "unchanged": True}, {"rank": 1, "skipped": 1, "unchanged": True}]

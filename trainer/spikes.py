@@ -1,0 +1,115 @@
+"""Loss-spike skipping and NaN guards.
+
+Manual: `trainer.skip_steps` lists inclusive step ranges whose updates never happen (their data is drawn and
+discarded, so the data order afterwards is unchanged).
+
+Automatic: the update is skipped when the global loss or the grad norm is not finite, or exceeds mean + k * std of a
+rolling window of recent accepted steps. The decision is computed on the device from values every rank shares, so it
+is the same everywhere, and it reaches the optimizer as its `found_inf` tensor: fused AdamW (and the optimizers that
+declare `supports_found_inf`) then leave parameters and state untouched without the host ever reading the flag.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class SpikeConfig:
+    enabled: bool = True
+    """Skip updates automatically on NaN/inf or a loss/grad-norm spike."""
+    window: int = 128
+    """Accepted steps in the rolling window of loss and grad-norm statistics."""
+    threshold: float = 6.0
+    """k: a value above mean + k * std of the window is a spike."""
+    warmup: int = 32
+    """Accepted steps the window needs before spikes (not NaN/inf) are judged."""
+
+
+def in_ranges(step: int, ranges: list[list[int]]) -> bool:
+    return any(lo <= step <= hi for lo, hi in ranges)
+
+
+def validate_skip_ranges(ranges: list[list[int]]) -> None:
+    for r in ranges:
+        if len(r) != 2 or r[0] > r[1] or r[0] < 1:
+            raise ValueError(
+                f"trainer.skip_steps entries are inclusive [first, last] step ranges with 1 <= first <= last, got {r}"
+            )
+
+
+@dataclass
+class SpikeDetector:
+    """Device-side rolling statistics and the skip decision; nothing here reads a value back to the host."""
+
+    cfg: SpikeConfig
+    device: torch.device
+    history: torch.Tensor = field(init=False)  # [2, window]: loss, grad norm of accepted steps
+    count: torch.Tensor = field(init=False)  # accepted steps seen (saturates at window)
+    head: torch.Tensor = field(init=False)  # next slot to write
+    skipped: torch.Tensor = field(init=False)  # skips since the last read
+    consecutive: torch.Tensor = field(init=False)  # current run of skipped steps
+    worst: torch.Tensor = field(init=False)  # [step, loss, grad norm] where the consecutive limit was first passed
+
+    def __post_init__(self) -> None:
+        d = self.device
+        self.history = torch.zeros(2, self.cfg.window, device=d)
+        self.count = torch.zeros((), dtype=torch.long, device=d)
+        self.head = torch.zeros((), dtype=torch.long, device=d)
+        self.skipped = torch.zeros((), dtype=torch.long, device=d)
+        self.consecutive = torch.zeros((), dtype=torch.long, device=d)
+        self.worst = torch.full((3,), -1.0, device=d)
+
+    def decide(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
+        """A 0-d float tensor, 1.0 to skip this update. Accepted values enter the window."""
+        values = torch.stack([loss.float(), grad_norm.float()])
+        skip = ~torch.isfinite(values).all()
+        if self.cfg.enabled:
+            n = self.count.clamp(min=1)
+            valid = (torch.arange(self.cfg.window, device=self.device) < self.count).float()
+            mean = (self.history * valid).sum(1) / n
+            var = (((self.history - mean[:, None]) * valid) ** 2).sum(1) / n
+            spike = (values > mean + self.cfg.threshold * var.sqrt()).any() & (self.count >= self.cfg.warmup)
+            skip = skip | spike
+        keep = ~skip
+        slot = self.head.clone()
+        self.history[:, slot] = torch.where(keep, values, self.history[:, slot])
+        self.head = (self.head + keep.long()) % self.cfg.window
+        self.count = torch.clamp(self.count + keep.long(), max=self.cfg.window)
+        self.skipped += skip.long()
+        self.consecutive = (self.consecutive + 1) * skip.long()
+        return skip.float()
+
+    def note_limit(self, step: int, limit: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Remember (on the device) the first step where the consecutive skips passed the limit."""
+        first = (self.consecutive > limit) & (self.worst[0] < 0)
+        here = torch.stack([torch.tensor(float(step), device=self.device), loss.float(), grad_norm.float()])
+        self.worst = torch.where(first, here, self.worst)
+
+    def read(self) -> tuple[int, list[float] | None]:
+        """(skips since the last read, [step, loss, grad norm] if the consecutive limit was passed). Syncs: call on
+        log steps only."""
+        skipped = int(self.skipped.item())
+        self.skipped.zero_()
+        worst = self.worst.tolist()
+        return skipped, (worst if worst[0] >= 0 else None)
+
+
+def supports_found_inf(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether optimizer.step() honours a `found_inf` tensor (skip without a host sync)."""
+    if getattr(optimizer, "supports_found_inf", False):
+        return True
+    fused = all(g.get("fused") for g in optimizer.param_groups)
+    return isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) and fused
+
+
+def guarded_step(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+    """optimizer.step() unless skip is 1. Optimizers without found_inf support cost one host read here."""
+    if supports_found_inf(optimizer):
+        optimizer.found_inf = skip
+        try:
+            optimizer.step()
+        finally:
+            optimizer.found_inf = None
+    elif not skip.item():
+        optimizer.step()
