@@ -20,7 +20,8 @@ class OptimConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping (the norm is still logged)."""
     fused: bool | None = None
-    """Fused kernel: None uses it where the parameters' device supports it (CUDA, XPU), false never."""
+    """Fused kernel: None uses it where the device supports it (CUDA, XPU, CPU), false never. Fused AdamW skips a
+    spike without a host sync."""
     muon_lr: float = 0.02
     """muon: peak LR of the hidden matrices (scaled per matrix by muon_adjust_lr; the schedule multiplies it)."""
     muon_momentum: float = 0.95

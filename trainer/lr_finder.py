@@ -168,3 +168,39 @@ def plot_curves(curves: list[tuple], out: Path) -> None:
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, out)
+
+
+def lr_report(multirun_dir: str | Path) -> str:
+    """Collect the suggestion of every finder run under a multirun directory into one Markdown table
+    (lr_report.md) and overlay their curves in one plot (lr_report.png). Failed runs are listed, not plotted."""
+    import yaml
+
+    root = Path(multirun_dir)
+    jobs = sorted((p.parent for p in root.rglob("config.yaml") if p.parent.name != ".hydra"), key=str)
+    if not jobs:
+        raise FileNotFoundError(f"{root} holds no run directories (no config.yaml below it): give a multirun dir")
+    lines = [
+        "| run | optimizer | global batch | seq len | model dim | suggested lr | blow-up lr | min-loss lr |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    curves, failed = [], []
+    for job in jobs:
+        cfg = yaml.safe_load((job / "config.yaml").read_text())
+        name = str(job.relative_to(root)) if job != root else job.name
+        cols = [name, cfg["optim"]["name"], cfg["trainer"]["global_batch"], cfg["data"]["seq_len"], cfg["model"]["dim"]]
+        if not (job / "lr_find.json").is_file():
+            failed.append(f"| {' | '.join(map(str, cols))} | failed | | |")
+            continue
+        s = Suggestion(**json.loads((job / "lr_find.json").read_text()))
+        with open(job / "lr_find.csv") as f:
+            rows = list(csv.DictReader(f))
+        lrs, losses, smoothed = ([float(r[k]) for r in rows] for k in ("lr", "loss", "smoothed_loss"))
+        curves.append((name, lrs, losses, smoothed, s))
+        lines.append(
+            f"| {' | '.join(map(str, cols))} | {s.suggested_lr:.3g} | {s.blowup_lr:.3g} | {s.min_loss_lr:.3g} |"
+        )
+    table = "\n".join(lines + failed) + "\n"
+    (root / "lr_report.md").write_text(table)
+    if curves:
+        plot_curves(curves, root / "lr_report.png")
+    return table

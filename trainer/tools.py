@@ -54,6 +54,12 @@ def _consolidate(args: argparse.Namespace) -> None:
     _fail_clearly(lambda a: consolidate(a.checkpoint, a.out_file, a.dtype, a.force), args)
 
 
+def _lr_report(args: argparse.Namespace) -> None:
+    from .lr_finder import lr_report
+
+    _fail_clearly(lambda a: print(lr_report(a.multirun_dir), end="") or f"{a.multirun_dir}/lr_report.png", args)
+
+
 def _watchdog(args: argparse.Namespace) -> None:
     from . import watchdog
 
@@ -112,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--target-loss", type=float, default=None, help="report steps and time to this held-out loss")
     p.add_argument("--out", default=None, help="where to write the report (default: MULTIRUN_DIR)")
     p.set_defaults(func=_speedrun_report)
+    p = sub.add_parser("lr-report", help="table and overlaid curves of the LR finder runs of a multirun")
+    p.add_argument("multirun_dir", help="the folder of a `train -m +experiment=lr_find ...` sweep")
+    p.set_defaults(func=_lr_report)
     args = parser.parse_args(argv)
     args.func(args)
 

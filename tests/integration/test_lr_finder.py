@@ -72,3 +72,30 @@ def test_forced_divergence_fails_without_success_files(tmp_path, tok_cache):
     assert "lr finder" not in r.stdout  # no suggestion printed
     assert "error:" in r.stderr
     assert not list(run_dir.glob("lr_find*"))
+
+
+def test_lr_sweep_multirun_and_report(tmp_path, tok_cache):
+    """`train -m +experiment=lr_find trainer.global_batch=8,16` then `anytrain lr-report`."""
+    sweep = tmp_path / "sweep"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer.cli",
+            "-m",
+            *FINDER,
+            tok_cache,
+            "lr_find.steps=30",
+            "trainer.global_batch=8,16",
+            f"trainer.run_dir={sweep}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run([sys.executable, "-m", "trainer.tools", "lr-report", str(sweep)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    table = [line for line in r.stdout.splitlines() if line.startswith("| 0") or line.startswith("| 1")]
+    assert len(table) == 2 and "| 8 |" in table[0] and "| 16 |" in table[1]
+    assert (sweep / "lr_report.png").stat().st_size > 10_000 and (sweep / "lr_report.md").exists()

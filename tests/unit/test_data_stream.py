@@ -102,7 +102,7 @@ def test_exact_resume_twice_and_across_epochs(setup):
     windows_per_epoch = len(_expected_tokens(tok, docs, 0)) * 0.8 / 16
     total = int(windows_per_epoch / 2 * 2.5)  # 2.5 epochs at batch_size 2
     s = _check_resume(cfg, tok, 2, cuts=[7, 12, int(windows_per_epoch / 2) + 1], total=total)
-    assert s.state_dict()["epoch"] == 2
+    assert s.state_dict()["streams"]["0"]["epoch"] == 2
 
 
 def test_exact_resume_with_small_pulls(setup):
@@ -119,7 +119,7 @@ def test_exact_resume_with_small_pulls(setup):
         mp.setattr(loader.TokenStream, "__init__", small)
         s = build_stream(cfg, tok, "train", 1)
         _take(s, 1)
-        assert s.state_dict()["pending"], "test needs pending documents at save time"
+        assert s.state_dict()["streams"]["0"]["pending"], "test needs pending documents at save time"
         _check_resume(cfg, tok, 1, cuts=[1, 4, 9], total=30)
 
 
