@@ -28,7 +28,7 @@ one=(python3)
 two=(torchrun --standalone --nproc-per-node 2)
 
 # 1. debug model: the embedded default's config, logged every step for the first-step comparison with the CPU.
-DEBUG=(trainer.log_every=1)
+DEBUG=(trainer.log_every=1 trainer.micro_batch=8)
 run debug_1gpu "${one[@]}" -- "${DEBUG[@]}"
 run debug_ddp2 "${two[@]}" -- "${DEBUG[@]}" parallel=ddp
 run debug_fsdp2 "${two[@]}" -- "${DEBUG[@]}" parallel=fsdp
@@ -36,7 +36,7 @@ run debug_fsdp2 "${two[@]}" -- "${DEBUG[@]}" parallel=fsdp
 # 2. 125m, seq 1024, GPT-2 tokenizer, compile; global batch 32 (accumulation 2 on one GPU, 1 on two).
 M125=(model=125m data.tokenizer.kind=gpt2 data.seq_len=1024 trainer.global_batch=32 trainer.micro_batch=16
       trainer.compile=true trainer.max_steps=60 trainer.log_every=10 trainer.eval_every=0 trainer.eval_batches=2
-      schedule.warmup_steps=10 data.streams=2)
+      schedule.warmup_steps=10 data.streams=2 data.val_fraction=0.1)
 run m125_1gpu "${one[@]}" -- "${M125[@]}"
 run m125_ddp2 "${two[@]}" -- "${M125[@]}" parallel=ddp
 run m125_fsdp2 "${two[@]}" -- "${M125[@]}" parallel=fsdp
@@ -44,7 +44,8 @@ run m125_fsdp2 "${two[@]}" -- "${M125[@]}" parallel=fsdp
 # 3. speedrun race on one GPU: 125m, 300 steps x 32 x 1024 tokens, AdamW vs Muon.
 echo "=== speedrun"
 timeout 420 python3 -m trainer.cli -m +experiment=speedrun optim=adamw,muon model=125m data.tokenizer.kind=gpt2 \
-  data.seq_len=1024 trainer.global_batch=32 trainer.micro_batch=32 trainer.max_steps=300 trainer.compile=true \
+  data.seq_len=1024 trainer.global_batch=32 trainer.micro_batch=16 trainer.max_steps=300 trainer.compile=true \
+  data.val_fraction=0.1 \
   trainer.eval_batches=8 trainer.log_every=25 trainer.progress_bar=false data.tokenizer.cache_dir=/tmp/tok \
   "trainer.run_dir=$RUNS/speedrun" > "$RUNS/speedrun.log" 2>&1
 echo "exit $? (speedrun)"; tail -n 3 "$RUNS/speedrun.log"
