@@ -44,6 +44,9 @@ class TrainerConfig:
     """"auto": bf16 autocast on accelerators with fp32 master weights, fp32 on the CPU; or "bf16" / "fp32"."""
     seed: int = 0
     """Seeds model init and every random choice of the trainer."""
+    init_device: str = "cpu"
+    """Where the initial weights are drawn: "cpu" gives the same weights on every kind of device (a laptop run and a
+    GPU run start equal); "device" draws them on the accelerator, faster for large models and light on host memory."""
     run_dir: str | None = None
     """Run directory (config, metrics, checkpoints). None: runs/<date>_<time>, or the sweep folder under -m."""
     progress_bar: bool = True
@@ -144,6 +147,8 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
             f"trainer.global_batch={t.global_batch} is not divisible by trainer.micro_batch={t.micro_batch} x "
             f"{world_size} data-parallel rank(s) = {per_step}: set trainer.global_batch to a multiple of {per_step}"
         )
+    if t.init_device not in ("cpu", "device"):
+        raise ValueError(f"trainer.init_device must be cpu or device, got {t.init_device!r}")
     if t.precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"trainer.precision must be auto, bf16 or fp32, got {t.precision!r}")
     if cfg.data.seq_len > cfg.model.max_seq_len:

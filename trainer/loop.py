@@ -134,7 +134,7 @@ def build_run(cfg: TrainConfig, run_dir: str | Path, ranks: env.Ranks, device: t
     sharded = cfg.parallel.plan in ("fsdp", "hsdp")
     param_dtype = parallel.DTYPES.get(cfg.parallel.mp_param_dtype) if cfg.parallel.mp_param_dtype else amp_dtype
     torch.manual_seed(t.seed)  # the same init on every rank; DDP and FSDP then replicate or shard it
-    model = models.build_model(cfg.model, device=device)
+    model = models.build_model(cfg.model, device="cpu" if t.init_device == "cpu" else device).to(device)
     model = parallel.parallelize(model, cfg.parallel, device, ranks.world_size, t.compile, param_dtype)
     optimizer = optim.build_optimizer(cfg.optim, model)
     scheduler = optim.build_scheduler(optimizer, cfg.schedule, t.max_steps)
