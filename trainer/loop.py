@@ -295,8 +295,11 @@ def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
     phases = optim.schedule_phases(cfg.schedule, t.max_steps)
     tokens_per_step = t.global_batch * cfg.data.seq_len
     peak = env.peak_flops(run.device)
+    metrics_file = run.run_dir / "metrics.jsonl"
     if run.ranks.is_main and start:
-        truncate_metrics(run.run_dir / "metrics.jsonl", start)
+        truncate_metrics(metrics_file, start)
+    elif run.ranks.is_main and metrics_file.exists():  # a fresh start in a used run dir: keep, don't mix, the old curve
+        metrics_file.rename(run.run_dir / f"metrics.before-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
     log = MetricsLogger(
         run.run_dir, cfg.logger, asdict(cfg), t.max_steps, start, progress_bar=t.progress_bar, enabled=run.ranks.is_main
     )

@@ -102,3 +102,12 @@ def test_bad_input_is_a_clear_error_before_training(tmp_path, tok_cache, overrid
     assert r.returncode == 2, r.stderr[-2000:]
     assert message in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_fresh_start_in_a_used_run_dir_keeps_the_old_curve_apart(compose, tmp_path, tok_cache):
+    common = [*TINY, tok_cache, "checkpoint=none", "trainer.max_steps=6", "trainer.log_every=2"]
+    fit(to_train_config(compose(*common)), tmp_path)
+    fit(to_train_config(compose(*common, "trainer.seed=1")), tmp_path)
+    assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1, 2, 4, 6]
+    old = list(tmp_path.glob("metrics.before-*.jsonl"))
+    assert len(old) == 1 and len(old[0].read_text().splitlines()) == 5
