@@ -29,5 +29,7 @@ if ranks.rank == 1:  # the corrupted batch reaches one rank only
     run.model.module.forward = lambda x, y: inner(x, y) * 1000.0
 train_step(run, [next(stream) for _ in range(run.accum)])
 unchanged = all(torch.equal(v, run.model.state_dict()[k]) for k, v in before.items())
-print(json.dumps({"rank": ranks.rank, "unchanged": unchanged, "skipped": run.spikes.read()[0]}), flush=True)
+result = {"rank": ranks.rank, "unchanged": unchanged, "skipped": run.spikes.read()[0]}
+with open(f"{run_dir}/spike-rank{ranks.rank}.json", "w") as f:  # one file per rank: stdout lines can interleave
+    json.dump(result, f)
 dist.destroy_process_group()
