@@ -31,6 +31,8 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from models import ModelConfig, build_model
 
+from . import env
+
 log = logging.getLogger(__name__)
 # DCP warns that it runs "in a single process" every time it does, which is what we ask of it there.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
@@ -208,6 +210,8 @@ class Checkpointer:
         self.rank = rank
         self.tokenizer = tokenizer
         self._pending: _Pending | None = None
+        # DCP's asynchronous save plans over a CPU-capable group; nccl/xccl alone cannot carry it.
+        self._async_group = env.cpu_group() if cfg.async_save else None
 
     def latest(self) -> Path | None:
         found = complete_checkpoints(self.root, warn=self.rank == 0)
@@ -232,7 +236,7 @@ class Checkpointer:
         state = {"model": model_sd, "optim": optim_sd}
         future = None
         if self.cfg.async_save:
-            future = dcp.async_save(state, checkpoint_id=str(tmp), no_dist=not _dist())
+            future = dcp.async_save(state, checkpoint_id=str(tmp), no_dist=not _dist(), process_group=self._async_group)
         else:
             dcp.save(state, checkpoint_id=str(tmp), no_dist=not _dist())
         torch.save(rank_state, tmp / f"rank-{self.rank}.pt")

@@ -104,8 +104,12 @@ def run_from_dir(run_dir: str | Path) -> dict:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: give a run directory that `train` created")
-    cfg = config_from_yaml(path.read_text())
-    return fit(cfg, run_dir, env.discover_ranks())
+    ranks = env.discover_ranks()
+    try:
+        return fit(config_from_yaml(path.read_text()), run_dir, ranks)
+    except USER_ERRORS as e:  # as `train` does: one clear line in the job log, exit code 2
+        print(f"error (rank {ranks.rank}): {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

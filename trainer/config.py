@@ -17,7 +17,7 @@ from optim.schedules import schedule_phases
 from .checkpoint import CheckpointConfig
 from .launcher import LauncherConfig
 from .lr_finder import LRFinderConfig, validate_finder
-from .spikes import SpikeConfig, validate_skip_ranges
+from .spikes import SpikeConfig, validate_skip_ranges, validate_spikes
 
 PLANS = ("single", "ddp", "fsdp", "hsdp")
 
@@ -180,6 +180,12 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
             f"the streams per rank (trainer.global_batch / trainer.micro_batch / ranks), or change data.streams"
         )
     validate_skip_ranges(t.skip_steps)
+    validate_spikes(t.spikes, t.max_consecutive_skips)
+    if cfg.checkpoint.every < 0 or cfg.checkpoint.keep_last < 0:
+        raise ValueError(
+            f"checkpoint.every and checkpoint.keep_last must be >= 0 (0: never / keep all), got "
+            f"{cfg.checkpoint.every} and {cfg.checkpoint.keep_last}"
+        )
     if cfg.lr_find.enabled:
         validate_finder(cfg.lr_find)
     if cfg.logger.name not in ("none", "wandb"):

@@ -174,6 +174,14 @@ def init_distributed(ranks: Ranks, device: torch.device, backend: str, store: di
     )
 
 
+def cpu_group() -> dist.ProcessGroup | None:
+    """A process group that carries CPU tensors (control flags, asynchronous checkpoint planning): the world group
+    when it is gloo already, else a new gloo group. A collective: call it on every rank. None without a group."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    return dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+
 def make_store(ranks: Ranks, timeout_s: float = 1800.0) -> dist.Store:
     """The TCP store every rank meets at; it carries the resolved config from rank 0 before the process group."""
     addr, port = rendezvous_address(ranks)

@@ -170,6 +170,8 @@ def _restore(run: Run, source: Path, meta: dict, full: bool) -> None:
     mine = states[run.ranks.rank] if same_layout else states[0]
     run.scheduler.load_state_dict(mine["scheduler"])
     env.set_rng_state(mine["rng"], run.device)
+    if "spikes" in mine:
+        run.spikes.load_state_dict(mine["spikes"])
     merged = {k: v for s in states for k, v in s["data"]["streams"].items()}
     run.train_stream.load_state_dict({"next": 0, "streams": merged})
     run.start_step = int(meta["step"])
@@ -226,6 +228,7 @@ def save_checkpoint(run: Run, step: int) -> None:
         "rng": env.rng_state(run.device),
         "data": run.train_stream.state_dict(),
         "scheduler": run.scheduler.state_dict(),
+        "spikes": run.spikes.state_dict(),
     }
     meta = {
         "world_size": run.ranks.world_size,
@@ -262,6 +265,7 @@ def fit(cfg: TrainConfig, run_dir: str | Path, ranks: env.Ranks | None = None, s
 def find_lr(run: Run) -> dict:
     """The LR range test on this run's model, data, optimizer and parallel plan (the schedule stays off)."""
     cfg = run.cfg.lr_find
+    run.spikes.cfg = replace(run.spikes.cfg, enabled=False)  # the blow-up is what the sweep measures: never veto it
     log = MetricsLogger(run.run_dir, run.cfg.logger, asdict(run.cfg), cfg.steps, enabled=run.ranks.is_main)
     stream = iter(run.train_stream)
 
@@ -314,6 +318,8 @@ def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
         if start >= t.max_steps:
             log.message(f"the run is complete: step {start} >= trainer.max_steps={t.max_steps}")
             return last
+        if run.ranks.is_main:  # a finished run extended with a larger max_steps is not done any more
+            (run.run_dir / DONE).unlink(missing_ok=True)
         if start == 0:
             log.log({"step": 0, "val_loss": evaluate(run)})  # the starting point of the held-out curve
         stream = iter(run.train_stream)

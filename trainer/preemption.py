@@ -5,6 +5,8 @@ import signal
 import torch
 import torch.distributed as dist
 
+from . import env
+
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
@@ -20,9 +22,7 @@ class Preemption:
     def __enter__(self) -> "Preemption":
         for sig in SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            is_gloo = dist.get_backend() == "gloo"
-            self._group = dist.group.WORLD if is_gloo else dist.new_group(backend="gloo")
+        self._group = env.cpu_group()
         return self
 
     def __exit__(self, *exc) -> None:

@@ -30,6 +30,15 @@ def in_ranges(step: int, ranges: list[list[int]]) -> bool:
     return any(lo <= step <= hi for lo, hi in ranges)
 
 
+def validate_spikes(cfg: SpikeConfig, max_consecutive: int) -> None:
+    if cfg.window < 2 or cfg.threshold <= 0 or not 0 <= cfg.warmup <= cfg.window or max_consecutive < 0:
+        raise ValueError(
+            f"trainer.spikes needs window >= 2, threshold > 0 and 0 <= warmup <= window (a warmup above the window "
+            f"would never end), and trainer.max_consecutive_skips >= 0; got window={cfg.window}, threshold="
+            f"{cfg.threshold}, warmup={cfg.warmup}, max_consecutive_skips={max_consecutive}"
+        )
+
+
 def validate_skip_ranges(ranges: list[list[int]]) -> None:
     for r in ranges:
         if len(r) != 2 or r[0] > r[1] or r[0] < 1:
@@ -72,8 +81,9 @@ class SpikeDetector:
             spike = (values > mean + self.cfg.threshold * var.sqrt()).any() & (self.count >= self.cfg.warmup)
             skip = skip | spike
         keep = ~skip
-        slot = self.head.clone()
-        self.history[:, slot] = torch.where(keep, values, self.history[:, slot])
+        # A one-hot mask, not history[:, head]: indexing with a device scalar would read it back to the host.
+        hot = (torch.arange(self.cfg.window, device=self.device) == self.head) & keep
+        self.history = torch.where(hot, values[:, None], self.history)
         self.head = (self.head + keep.long()) % self.cfg.window
         self.count = torch.clamp(self.count + keep.long(), max=self.cfg.window)
         self.skipped += skip.long()
@@ -83,8 +93,16 @@ class SpikeDetector:
     def note_limit(self, step: int, limit: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         """Remember (on the device) the first step where the consecutive skips passed the limit."""
         first = (self.consecutive > limit) & (self.worst[0] < 0)
-        here = torch.stack([torch.tensor(float(step), device=self.device), loss.float(), grad_norm.float()])
+        here = torch.stack([torch.full((), float(step), device=self.device), loss.float(), grad_norm.float()])
         self.worst = torch.where(first, here, self.worst)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The window and counters, so a resumed run judges spikes exactly as an uninterrupted one would."""
+        return {k: getattr(self, k).cpu() for k in ("history", "count", "head", "skipped", "consecutive", "worst")}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v.to(self.device))
 
     def read(self) -> tuple[int, list[float] | None]:
         """(skips since the last read, [step, loss, grad norm] if the consecutive limit was passed). Syncs: call on

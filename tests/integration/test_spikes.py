@@ -99,3 +99,38 @@ def test_too_many_consecutive_skips_stop_the_run(compose, tmp_path, tok_cache, m
     cfg = to_train_config(compose(*RUN, tok_cache, "trainer.max_steps=20", "trainer.max_consecutive_skips=3"))
     with pytest.raises(TooManySkips, match=r"first passing the limit at step 4 \(loss nan"):
         fit(cfg, tmp_path)
+
+
+class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts reads of a tensor value back to the host (what `.item()` and scalar indexing do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.reads += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_training_step_never_reads_a_value_back_to_the_host(compose, tmp_path, tok_cache):
+    """On a GPU such a read stalls the step; the spike decision and the guarded update must not need one."""
+    run = build_run(
+        to_train_config(compose(*RUN, tok_cache, "trainer.max_steps=20")), tmp_path, env.Ranks(), torch.device("cpu")
+    )
+    stream = iter(run.train_stream)
+    batches = [[next(stream) for _ in range(run.accum)] for _ in range(8)]
+    with _HostReads() as spy:
+        for i, b in enumerate(batches):
+            loss, norm = train_step(run, b)
+            run.spikes.note_limit(i + 1, 8, loss, norm)
+    assert spy.reads == 0
+
+
+def test_spike_statistics_survive_a_resume(compose, tmp_path, tok_cache):
+    fit(to_train_config(compose(*RUN, tok_cache, "trainer.max_steps=6", "checkpoint.every=6")), tmp_path)
+    run = build_run(
+        to_train_config(compose(*RUN, tok_cache, "trainer.max_steps=9")), tmp_path, env.Ranks(), torch.device("cpu")
+    )
+    assert run.start_step == 6 and int(run.spikes.count) >= 4  # the window kept its accepted steps (a fresh one: 0)

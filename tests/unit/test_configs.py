@@ -24,7 +24,8 @@ def check(cfg, world_size: int = 1):
 @pytest.mark.parametrize("group,option", OPTIONS)
 def test_every_group_option_composes_and_validates(compose, group, option):
     multi = group == "parallel" and option != "single"  # multi-process plans are checked on 2 ranks
-    check(compose(f"{group}={option}"), world_size=2 if multi else 1)
+    extra = ["trainer.micro_batch=8"] if multi else []  # the default global batch of 16 over 2 ranks
+    check(compose(f"{group}={option}", *extra), world_size=2 if multi else 1)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
