@@ -12,7 +12,8 @@ def _params(args: argparse.Namespace) -> None:
     cfg = OmegaConf.to_object(cfg)
     if cfg.vocab_size is None:
         cfg.vocab_size = args.vocab
-    print(f"parameters: {models.num_params(cfg):,} ({models.num_params(cfg, embeddings=False):,} without the input embedding)")
+    body = models.num_params(cfg, embeddings=False)
+    print(f"parameters: {models.num_params(cfg):,} ({body:,} without the input embedding)")
     print(f"training FLOPs per token at seq {args.seq_len}: {models.flops_per_token(cfg, args.seq_len) / 1e9:.3f} G")
 
 
