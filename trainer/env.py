@@ -59,7 +59,7 @@ def _first(environ: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, int
     return None
 
 
-def discover_ranks(environ: Mapping[str, str] | None = None, mpi_world=None) -> Ranks:
+def discover_ranks(environ: Mapping[str, str] | None = None) -> Ranks:
     """Rank, local rank and world size from the launcher's variables, else from MPI (mpi4py COMM_WORLD) when an
     MPI launcher left hints, else a single process. Local rank comes from ranks per node, never devices per node."""
     environ = os.environ if environ is None else environ
@@ -77,11 +77,11 @@ def discover_ranks(environ: Mapping[str, str] | None = None, mpi_world=None) -> 
                 )
             local = ("derived", rank[1] % per_node[1]) if per_node else ("derived", 0)
         ranks = Ranks(rank[1], local[1], world, launcher)
-    elif any(k.startswith(MPI_HINTS) for k in environ) or mpi_world is not None:
-        comm = mpi_world if mpi_world is not None else _mpi_world()
+    elif any(k.startswith(MPI_HINTS) for k in environ):
+        comm = _mpi_world()
         if comm is None:
             return Ranks()
-        node = comm.Split_type(_mpi().COMM_TYPE_SHARED) if mpi_world is None else comm
+        node = comm.Split_type(_mpi().COMM_TYPE_SHARED)
         ranks = Ranks(comm.Get_rank(), node.Get_rank(), comm.Get_size(), "mpi")
     else:
         return Ranks()

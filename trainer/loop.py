@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
+from tokenizers import Tokenizer
 
 import data
 import models
@@ -72,7 +73,7 @@ def _all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _build_tokenizer(cfg: TrainConfig, ranks: env.Ranks):
+def _build_tokenizer(cfg: TrainConfig, ranks: env.Ranks) -> Tokenizer:
     """Rank 0 trains or loads the tokenizer first; the others then read its cache instead of all training it."""
     if _distributed() and not ranks.is_main:
         dist.barrier()
@@ -82,7 +83,9 @@ def _build_tokenizer(cfg: TrainConfig, ranks: env.Ranks):
     return tokenizer
 
 
-def _read_val_batches(cfg: TrainConfig, tokenizer, ranks: env.Ranks, device: torch.device) -> list[torch.Tensor]:
+def _read_val_batches(
+    cfg: TrainConfig, tokenizer: Tokenizer, ranks: env.Ranks, device: torch.device
+) -> list[torch.Tensor]:
     """The held-out set: the first eval_batches of each rank's val split, read once and reused at every evaluation.
     Every rank must have them all, or one rank would wait forever in evaluation."""
     t = cfg.trainer
@@ -242,7 +245,7 @@ def save_checkpoint(run: Run, step: int) -> None:
     run.checkpointer.save(step, run.model, run.optimizer, rank_state, meta)
 
 
-def fit(cfg: TrainConfig, run_dir: str | Path, ranks: env.Ranks | None = None, store=None) -> dict:
+def fit(cfg: TrainConfig, run_dir: str | Path, ranks: env.Ranks | None = None, store: dist.Store | None = None) -> dict:
     """Train (or resume) until trainer.max_steps and return the last logged metrics. With several ranks, start the
     process group on the rank's device first (`store`: the rendezvous the launcher entry already made)."""
     job_start = env.process_start_time()

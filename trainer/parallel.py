@@ -1,6 +1,7 @@
 """Turn a model into its parallel form, as ordered in-place steps: activation checkpointing, compile per block,
 then DDP or FSDP2 / HSDP on a device mesh."""
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -29,7 +30,9 @@ def apply_compile(model: nn.Module) -> None:
         block.compile()
 
 
-def apply_fsdp(model: nn.Module, cfg: ParallelConfig, device: torch.device, world_size: int, param_dtype) -> None:
+def apply_fsdp(
+    model: nn.Module, cfg: ParallelConfig, device: torch.device, world_size: int, param_dtype: torch.dtype | None
+) -> None:
     shape = (cfg.dp_replicate, world_size // cfg.dp_replicate) if cfg.plan == "hsdp" else (world_size,)
     names = ("replicate", "shard") if cfg.plan == "hsdp" else ("shard",)
     mesh = init_device_mesh(device.type, shape, mesh_dim_names=names)
@@ -65,7 +68,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 @contextmanager
-def gradient_sync(model: nn.Module, enabled: bool):
+def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
     """Reduce gradients only on the last micro-step of an accumulation: DDP's no_sync, FSDP2's requires-sync flag."""
     if enabled:
         yield

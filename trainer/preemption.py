@@ -29,7 +29,7 @@ class Preemption:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    def _handle(self, signum, frame) -> None:
+    def _handle(self, signum: int, frame: object) -> None:
         self.received = signum
 
     def agreed(self) -> bool:
