@@ -12,8 +12,12 @@ leaves every parameter unchanged (the decay is multiplied by lr too).
 import torch
 from torch.optim import Optimizer
 
+from .skip import keep_unless
+
 
 class Lion(Optimizer):
+    supports_found_inf = True  # step() honours a device-side skip flag (see optim/skip.py)
+
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0):
         if lr < 0:
             raise ValueError(f"Lion lr must be >= 0, got {lr}")
@@ -27,6 +31,7 @@ class Lion(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        skip = getattr(self, "found_inf", None)  # a device flag from the trainer: 1 leaves everything unchanged
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
             beta1, beta2 = group["betas"]
@@ -38,8 +43,12 @@ class Lion(Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 m = state["exp_avg"]
                 update = m.lerp(p.grad, 1 - beta1).sign_()
-                if wd:
-                    p.mul_(1 - lr * wd)
-                p.add_(update, alpha=-lr)
-                m.lerp_(p.grad, 1 - beta2)
+                if skip is None:
+                    if wd:
+                        p.mul_(1 - lr * wd)
+                    p.add_(update, alpha=-lr)
+                    m.lerp_(p.grad, 1 - beta2)
+                else:
+                    keep_unless(skip, p, p * (1 - lr * wd) - lr * update)
+                    keep_unless(skip, m, m.lerp(p.grad, 1 - beta2))
         return loss

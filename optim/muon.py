@@ -31,6 +31,8 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.adamw import adamw as _functional_adamw
 
+from .skip import keep_unless
+
 try:  # torch >= 2.9 ships Muon; reuse its constants where it exists
     from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C
     from torch.optim._muon import EPS as NS_EPS
@@ -132,14 +134,20 @@ class Muon(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        skip = getattr(self, "found_inf", None)  # a device flag from the trainer: 1 leaves everything unchanged
         for group in self.param_groups:
             if group["use_muon"]:
-                self._muon_step(group)
+                self._muon_step(group, skip)
             else:
-                self._adamw_step(group)
+                self._adamw_step(group, skip)
         return loss
 
-    def _muon_step(self, group: dict) -> None:
+    @property
+    def supports_found_inf(self) -> bool:
+        """The AdamW groups pass the flag to the fused kernel, so every one of them must be fused."""
+        return all(g["use_muon"] or g["fused"] for g in self.param_groups)
+
+    def _muon_step(self, group: dict, skip: torch.Tensor | None = None) -> None:
         lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
         dtype = NS_DTYPES[group["ns_dtype"]]
         for p in group["params"]:
@@ -149,14 +157,14 @@ class Muon(Optimizer):
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             buf = state["momentum_buffer"]
-            buf.lerp_(p.grad, 1 - mu)  # an EMA of gradients (torch.optim.Muon's convention)
-            update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
+            new_buf = buf.lerp(p.grad, 1 - mu)  # an EMA of gradients (torch.optim.Muon's convention)
+            update = p.grad.lerp(new_buf, mu) if group["nesterov"] else new_buf
             update = _orthogonalise(update, group["ns_steps"], dtype)
-            if wd:
-                p.mul_(1 - lr * wd)
-            p.add_(update, alpha=-adjusted_lr(lr, p.shape, group["adjust_lr"]))
+            new_p = p * (1 - lr * wd) - adjusted_lr(lr, p.shape, group["adjust_lr"]) * update
+            keep_unless(skip, buf, new_buf)
+            keep_unless(skip, p, new_p)
 
-    def _adamw_step(self, group: dict) -> None:
+    def _adamw_step(self, group: dict, skip: torch.Tensor | None = None) -> None:
         params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
         fused = bool(group["fused"])
         for p in group["params"]:
@@ -191,4 +199,5 @@ class Muon(Optimizer):
             weight_decay=group["weight_decay"],
             eps=group["eps"],
             maximize=False,
+            found_inf=skip if fused else None,  # the fused kernel skips params and state on the flag
         )

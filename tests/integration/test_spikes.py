@@ -48,11 +48,11 @@ def assert_same(a, b):
             assert torch.equal(a[1][k][name], b[1][k][name]), name
 
 
+@pytest.mark.parametrize("optim", ["adamw", "muon", "lion"])
 @pytest.mark.parametrize("factor", [100.0, float("nan")])
-def test_spike_or_nan_is_skipped_and_parameters_are_bit_identical(compose, tmp_path, tok_cache, factor):
-    run = build_run(
-        to_train_config(compose(*RUN, tok_cache, "trainer.max_steps=20")), tmp_path, env.Ranks(), torch.device("cpu")
-    )
+def test_spike_or_nan_is_skipped_and_parameters_are_bit_identical(compose, tmp_path, tok_cache, factor, optim):
+    cfg = to_train_config(compose(*RUN, tok_cache, "trainer.max_steps=20", f"optim={optim}"))
+    run = build_run(cfg, tmp_path, env.Ranks(), torch.device("cpu"))
     stream = iter(run.train_stream)
     for _ in range(6):
         train_step(run, [next(stream) for _ in range(run.accum)])
@@ -114,11 +114,11 @@ class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_a_training_step_never_reads_a_value_back_to_the_host(compose, tmp_path, tok_cache):
+@pytest.mark.parametrize("optim", ["adamw", "muon", "lion"])
+def test_a_training_step_never_reads_a_value_back_to_the_host(compose, tmp_path, tok_cache, optim):
     """On a GPU such a read stalls the step; the spike decision and the guarded update must not need one."""
-    run = build_run(
-        to_train_config(compose(*RUN, tok_cache, "trainer.max_steps=20")), tmp_path, env.Ranks(), torch.device("cpu")
-    )
+    cfg = to_train_config(compose(*RUN, tok_cache, "trainer.max_steps=20", f"optim={optim}"))
+    run = build_run(cfg, tmp_path, env.Ranks(), torch.device("cpu"))
     stream = iter(run.train_stream)
     batches = [[next(stream) for _ in range(run.accum)] for _ in range(8)]
     with _HostReads() as spy:
