@@ -81,11 +81,6 @@ def _dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _barrier() -> None:
-    if _dist():
-        dist.barrier()
-
-
 def step_of(path: Path) -> int | None:
     m = _STEP.match(path.name)
     return int(m.group(1)) if m else None
@@ -228,10 +223,13 @@ class Checkpointer:
         """Write step-N (finishing any earlier asynchronous save first)."""
         self.finish()
         tmp = self.root / f".step-{step}.tmp"
-        if self.rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)  # the leftovers of a save that crashed
-            tmp.mkdir(parents=True)
-        _barrier()
+
+        def prepare() -> None:
+            if self.rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)  # the leftovers of a save that crashed
+                tmp.mkdir(parents=True)
+
+        env.together(prepare)
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optim": optim_sd}
         future = None
@@ -239,8 +237,8 @@ class Checkpointer:
             future = dcp.async_save(state, checkpoint_id=str(tmp), no_dist=not _dist(), process_group=self._async_group)
         else:
             dcp.save(state, checkpoint_id=str(tmp), no_dist=not _dist())
-        torch.save(rank_state, tmp / f"rank-{self.rank}.pt")
         self._pending = _Pending(step, tmp, meta, future)
+        env.together(lambda: torch.save(rank_state, tmp / f"rank-{self.rank}.pt"))
         if future is None:
             self.finish()
 
@@ -249,12 +247,8 @@ class Checkpointer:
         if self._pending is None:
             return
         pending, self._pending = self._pending, None
-        if pending.future is not None:
-            pending.future.result()
-        _barrier()
-        if self.rank == 0:
-            self._publish(pending)
-        _barrier()
+        env.together(lambda: pending.future.result() if pending.future is not None else None)
+        env.together(lambda: self._publish(pending) if self.rank == 0 else None)
 
     def _publish(self, pending: _Pending) -> None:
         final = publish(pending.tmp, self.root / f"step-{pending.step}", pending.step, pending.meta, self.tokenizer)

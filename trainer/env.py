@@ -7,13 +7,16 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 # Launcher variables, first non-empty wins: torchrun, MPICH/Intel MPI (PMI), Cray PALS (Aurora), Open MPI, SLURM.
 RANK_VARS = ("RANK", "PMI_RANK", "PALS_RANKID", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
@@ -180,6 +183,33 @@ def cpu_group() -> dist.ProcessGroup | None:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return None
     return dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+
+class PeerFailed(RuntimeError):
+    """Another rank failed in a step that every rank takes together; its own error is in its log."""
+
+
+def together(fn: Callable[[], T]) -> T:
+    """Run fn on this rank, then let every rank learn (one small all-reduce) whether fn failed on any rank, and
+    raise on all of them if so: a failure on one rank, say an I/O error in a step only rank 0 does, never leaves
+    the others waiting in the next collective until the timeout."""
+    error, out = None, None
+    try:
+        out = fn()
+    except Exception as e:  # re-raised below, on this rank and (as PeerFailed) on every other one
+        error = e
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        gloo = dist.get_backend() == "gloo"
+        device = (
+            torch.device("cpu") if gloo else torch.device(auto_device_type(), torch.accelerator.current_device_index())
+        )
+        flag = torch.tensor([0.0 if error is None else 1.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and error is None:
+            raise PeerFailed("another rank failed (its error is in its log): stopping this rank too")
+    if error is not None:
+        raise error
+    return out
 
 
 def make_store(ranks: Ranks, timeout_s: float = 1800.0) -> dist.Store:

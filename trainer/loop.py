@@ -75,12 +75,8 @@ def _all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
 
 def _build_tokenizer(cfg: TrainConfig, ranks: env.Ranks) -> Tokenizer:
     """Rank 0 trains or loads the tokenizer first; the others then read its cache instead of all training it."""
-    if _distributed() and not ranks.is_main:
-        dist.barrier()
-    tokenizer = data.build_tokenizer(cfg.data)
-    if _distributed() and ranks.is_main:
-        dist.barrier()
-    return tokenizer
+    first = env.together(lambda: data.build_tokenizer(cfg.data) if ranks.is_main else None)
+    return env.together(lambda: first if ranks.is_main else data.build_tokenizer(cfg.data))
 
 
 def _read_val_batches(
@@ -159,8 +155,7 @@ def build_run(cfg: TrainConfig, run_dir: str | Path, ranks: env.Ranks, device: t
     )
     if source:
         _restore(run, source, meta, full)
-    if ranks.is_main:
-        OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
+    env.together(lambda: ranks.is_main and OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml"))
     return run
 
 
@@ -269,7 +264,9 @@ def find_lr(run: Run) -> dict:
     """The LR range test on this run's model, data, optimizer and parallel plan (the schedule stays off)."""
     cfg = run.cfg.lr_find
     run.spikes.cfg = replace(run.spikes.cfg, enabled=False)  # the blow-up is what the sweep measures: never veto it
-    log = MetricsLogger(run.run_dir, run.cfg.logger, asdict(run.cfg), cfg.steps, enabled=run.ranks.is_main)
+    log = env.together(
+        lambda: MetricsLogger(run.run_dir, run.cfg.logger, asdict(run.cfg), cfg.steps, enabled=run.ranks.is_main)
+    )
     stream = iter(run.train_stream)
 
     def step() -> float:
@@ -297,19 +294,23 @@ class TooManySkips(ValueError):
     """More consecutive automatic skips than trainer.max_consecutive_skips."""
 
 
+def _open_metrics(run: Run) -> MetricsLogger:
+    t, main, metrics_file = run.cfg.trainer, run.ranks.is_main, run.run_dir / "metrics.jsonl"
+    if main and run.start_step:
+        truncate_metrics(metrics_file, run.start_step)
+    elif main and metrics_file.exists():  # a fresh start in a used run dir: keep, don't mix, the old curve
+        metrics_file.rename(run.run_dir / f"metrics.before-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+    return MetricsLogger(
+        run.run_dir, run.cfg.logger, asdict(run.cfg), t.max_steps, run.start_step, t.progress_bar, enabled=main
+    )
+
+
 def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
     t, cfg, world, start = run.cfg.trainer, run.cfg, run.ranks.world_size, run.start_step
     phases = optim.schedule_phases(cfg.schedule, t.max_steps)
     tokens_per_step = t.global_batch * cfg.data.seq_len
     peak = env.peak_flops(run.device)
-    metrics_file = run.run_dir / "metrics.jsonl"
-    if run.ranks.is_main and start:
-        truncate_metrics(metrics_file, start)
-    elif run.ranks.is_main and metrics_file.exists():  # a fresh start in a used run dir: keep, don't mix, the old curve
-        metrics_file.rename(run.run_dir / f"metrics.before-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
-    log = MetricsLogger(
-        run.run_dir, cfg.logger, asdict(cfg), t.max_steps, start, progress_bar=t.progress_bar, enabled=run.ranks.is_main
-    )
+    log = env.together(lambda: _open_metrics(run))
     resumed = f" | resumed at step {start}" if start else ""
     log.message(
         f"run dir {run.run_dir} | {models.num_params(cfg.model) / 1e6:.1f}M params | {world} x "

@@ -180,3 +180,14 @@ def test_the_skip_decision_agrees_across_ranks(tmp_path, tok_cache):
     assert r.returncode == 0, r.stderr[-3000:]
     results = [json.loads((tmp_path / f"spike-rank{i}.json").read_text()) for i in (0, 1)]
     assert results == [{"rank": 0, "skipped": 1, "unchanged": True}, {"rank": 1, "skipped": 1, "unchanged": True}]
+
+
+def test_a_failure_on_rank_zero_reaches_every_rank_at_once(tmp_path):
+    """env.together: the other ranks raise PeerFailed instead of waiting in the next collective until the timeout."""
+    worker = Path(__file__).parent / "together_worker.py"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_"))}
+    r = subprocess.run([*torchrun(2), str(worker), str(tmp_path)], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
+    assert results[0] == ["OSError: disk full", "ok"]
+    assert results[1][0].startswith("PeerFailed: another rank failed") and results[1][1] == "ok"

@@ -17,7 +17,9 @@ def read_metrics(run_dir):
 
 
 def test_short_run_loss_falls_and_metrics_file_format(compose, tmp_path, tok_cache):
-    cfg = compose(*TINY, tok_cache, "trainer.max_steps=60", "trainer.eval_every=30", "trainer.log_every=10")
+    cfg = compose(
+        *TINY, tok_cache, "trainer.max_steps=60", "trainer.eval_every=30", "optim.lr=3e-3", "trainer.log_every=10"
+    )
     last = fit(to_train_config(cfg), tmp_path)
     rows = read_metrics(tmp_path)
     assert all("step" in r for r in rows)
