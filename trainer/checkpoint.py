@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
@@ -75,10 +74,6 @@ class CheckpointConfig:
     async_save: bool = False
     """Write checkpoints in a background thread (training continues once the state is staged in host memory);
     the checkpoint is finalised, and marked complete, at the next save or at the end of the run."""
-
-
-def _dist() -> bool:
-    return dist.is_available() and dist.is_initialized()
 
 
 def step_of(path: Path) -> int | None:
@@ -234,9 +229,11 @@ class Checkpointer:
         state = {"model": model_sd, "optim": optim_sd}
         future = None
         if self.cfg.async_save:
-            future = dcp.async_save(state, checkpoint_id=str(tmp), no_dist=not _dist(), process_group=self._async_group)
+            future = dcp.async_save(
+                state, checkpoint_id=str(tmp), no_dist=not env.distributed(), process_group=self._async_group
+            )
         else:
-            dcp.save(state, checkpoint_id=str(tmp), no_dist=not _dist())
+            dcp.save(state, checkpoint_id=str(tmp), no_dist=not env.distributed())
         self._pending = _Pending(step, tmp, meta, future)
         env.together(lambda: torch.save(rank_state, tmp / f"rank-{self.rank}.pt"))
         if future is None:
@@ -270,7 +267,7 @@ def restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
     if optimizer is not None:
         state["optim"] = optim_sd
     try:
-        dcp.load(state, checkpoint_id=str(path), no_dist=not _dist())
+        dcp.load(state, checkpoint_id=str(path), no_dist=not env.distributed())
     except Exception as e:  # DCP raises many kinds on truncated or foreign files
         raise CheckpointError(f"checkpoint {path} cannot be read: {e}") from e
     if optimizer is not None:

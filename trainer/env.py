@@ -177,10 +177,15 @@ def init_distributed(ranks: Ranks, device: torch.device, backend: str, store: di
     )
 
 
+def distributed() -> bool:
+    """Whether a process group is running (false for a single process)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def cpu_group() -> dist.ProcessGroup | None:
     """A process group that carries CPU tensors (control flags, asynchronous checkpoint planning): the world group
     when it is gloo already, else a new gloo group. A collective: call it on every rank. None without a group."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not distributed() or dist.get_world_size() == 1:
         return None
     return dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
 
@@ -198,7 +203,7 @@ def together(fn: Callable[[], T]) -> T:
         out = fn()
     except Exception as e:  # re-raised below, on this rank and (as PeerFailed) on every other one
         error = e
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if distributed() and dist.get_world_size() > 1:
         gloo = dist.get_backend() == "gloo"
         device = (
             torch.device("cpu") if gloo else torch.device(auto_device_type(), torch.accelerator.current_device_index())

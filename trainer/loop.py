@@ -60,13 +60,9 @@ def resolve_vocab(cfg: TrainConfig, tokenizer_vocab: int) -> TrainConfig:
     return replace(cfg, model=replace(cfg.model, vocab_size=vocab))
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
 def _all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean over ranks (gloo has no AVG, so SUM then divide)."""
-    if _distributed():
+    if env.distributed():
         x = x.clone()
         dist.all_reduce(x)
         x /= dist.get_world_size()
@@ -88,7 +84,7 @@ def _read_val_batches(
     stream = data.build_stream(cfg.data, tokenizer, "val", t.micro_batch, ranks.rank, ranks.world_size)
     batches = list(itertools.islice(stream, t.eval_batches))
     fewest = torch.tensor(len(batches), device=device)
-    if _distributed():
+    if env.distributed():
         dist.all_reduce(fewest, op=dist.ReduceOp.MIN)
     if fewest.item() < t.eval_batches:
         raise ValueError(
@@ -256,7 +252,7 @@ def fit(cfg: TrainConfig, run_dir: str | Path, ranks: env.Ranks | None = None, s
         with Preemption() as preemption:
             return _train(run, job_start, preemption)
     finally:
-        if _distributed():
+        if env.distributed():
             dist.destroy_process_group()
 
 
