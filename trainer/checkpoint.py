@@ -200,8 +200,9 @@ class Checkpointer:
         self.rank = rank
         self.tokenizer = tokenizer
         self._pending: _Pending | None = None
-        # DCP's asynchronous save plans over a CPU-capable group; nccl/xccl alone cannot carry it.
-        self._async_group = env.cpu_group() if cfg.async_save else None
+        # DCP's asynchronous save finishes (gathers metadata) in a background thread over a CPU-capable group; it
+        # must be its own group, or its collectives race the training loop's on the world group.
+        self._async_group = env.cpu_group(dedicated=True) if cfg.async_save else None
 
     def latest(self) -> Path | None:
         found = complete_checkpoints(self.root, warn=self.rank == 0)

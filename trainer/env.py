@@ -182,12 +182,14 @@ def distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def cpu_group() -> dist.ProcessGroup | None:
-    """A process group that carries CPU tensors (control flags, asynchronous checkpoint planning): the world group
-    when it is gloo already, else a new gloo group. A collective: call it on every rank. None without a group."""
+def cpu_group(dedicated: bool = False) -> dist.ProcessGroup | None:
+    """A process group that carries CPU tensors (control flags, asynchronous checkpoint writes): the world group
+    when it is gloo already, else a new gloo group. `dedicated` always makes a new one, for collectives issued from
+    another thread: two threads sharing one group interleave their collectives differently on each rank and hang.
+    A collective: call it on every rank. None without a group."""
     if not distributed() or dist.get_world_size() == 1:
         return None
-    return dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    return dist.group.WORLD if dist.get_backend() == "gloo" and not dedicated else dist.new_group(backend="gloo")
 
 
 class PeerFailed(RuntimeError):
