@@ -30,6 +30,10 @@ class ModelConfig:
     """Epsilon of every RMSNorm."""
     max_seq_len: int = 8192
     """Longest sequence the RoPE table covers."""
+    loss_chunk: int = 2048
+    """Tokens whose logits the training loss holds at once (models/loss.py); each chunk's gradient is taken in the
+    forward pass, so a 128K vocabulary never needs full-size fp32 logits. 0 computes all logits at once (the plain
+    loss). The value does not change the result beyond float rounding."""
     init_std: float | None = None
     """Std of the truncated-normal init of linear layers. None means sqrt(2 / (5 * dim)), which scales with width;
     output projections are further divided by sqrt(2 * n_layers)."""
@@ -46,6 +50,8 @@ class ModelConfig:
 def validate_model_config(cfg: ModelConfig) -> None:
     """Reject shapes that cannot be built, naming the field and the fix."""
     positive = ("dim", "n_layers", "n_heads", "ffn_hidden", "max_seq_len")
+    if cfg.loss_chunk < 0:
+        raise ValueError(f"model.loss_chunk must be >= 0 (0 = the plain loss), got {cfg.loss_chunk}")
     for name in positive:
         if getattr(cfg, name) <= 0:
             raise ValueError(f"model.{name} must be positive, got {getattr(cfg, name)}")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig, validate_model_config
+from .loss import ce_chunk, chunked_cross_entropy, plain_cross_entropy
 
 
 def rope_tables(
@@ -99,6 +100,7 @@ class Llama(nn.Module):
         # Not persistent: derived from the config, and rebuilt by init_weights() after meta-device construction.
         self.register_buffer("rope_cos", torch.empty(cfg.max_seq_len, cfg.head_dim // 2), persistent=False)
         self.register_buffer("rope_sin", torch.empty(cfg.max_seq_len, cfg.head_dim // 2), persistent=False)
+        self._ce_chunk = ce_chunk
         self.init_weights()
 
     @torch.no_grad()
@@ -138,13 +140,14 @@ class Llama(nn.Module):
         h = self.hidden(tokens)
         if targets is None:
             return self.output(h)
-        return cross_entropy_loss(h, self.output.weight, targets)
+        if self.cfg.loss_chunk == 0:
+            return plain_cross_entropy(h, self.output.weight, targets)
+        return chunked_cross_entropy(h, self.output.weight, targets, self.cfg.loss_chunk, self._ce_chunk)
 
-
-def cross_entropy_loss(h: torch.Tensor, head: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of logits h @ head.T against targets, with the softmax in fp32."""
-    logits = F.linear(h, head)
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+    def compile_loss(self) -> None:
+        """torch.compile the per-chunk softmax of the chunked loss: its elementwise passes fuse into a few kernels.
+        (The chunk loop itself stays eager; blocks are compiled on their own by the trainer.)"""
+        self._ce_chunk = torch.compile(ce_chunk)
 
 
 def build_model(cfg: ModelConfig, device: torch.device | str | None = None) -> Llama:

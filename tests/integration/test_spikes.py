@@ -94,8 +94,8 @@ def test_manual_skips_keep_the_data_order(compose, tmp_path, tok_cache):
 
 
 def test_too_many_consecutive_skips_stop_the_run(compose, tmp_path, tok_cache, monkeypatch):
-    real = models.llama.cross_entropy_loss
-    monkeypatch.setattr(models.llama, "cross_entropy_loss", lambda h, w, t: real(h, w, t) * float("nan"))
+    real = models.llama.chunked_cross_entropy
+    monkeypatch.setattr(models.llama, "chunked_cross_entropy", lambda *a: real(*a) * float("nan"))
     cfg = to_train_config(compose(*RUN, tok_cache, "trainer.max_steps=20", "trainer.max_consecutive_skips=3"))
     with pytest.raises(TooManySkips, match=r"first passing the limit at step 4 \(loss nan"):
         fit(cfg, tmp_path)

@@ -1,0 +1,84 @@
+"""Next-token cross-entropy of the output head, with or without the full logits.
+
+For a 128K vocabulary the plain loss holds [tokens, vocab] logits in bf16, their fp32 copy and the fp32 gradient
+at once: about 25 GiB at 8 x 2048 tokens. The chunked loss takes `chunk` rows at a time, and computes each chunk's
+gradient with respect to the hidden states and the head weight in the forward pass (the derivative of a mean
+cross-entropy is (softmax - onehot) / N, known as soon as the softmax is), so no logits outlive their chunk and
+backward only scales the saved gradients. The head's matmul FLOPs are the same as the plain loss's.
+"""
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def plain_cross_entropy(h: torch.Tensor, head: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits h @ head.T against targets, with the softmax in fp32 (the reference)."""
+    logits = F.linear(h, head)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+
+def ce_chunk(logits: torch.Tensor, targets: torch.Tensor, scale: float, want_grad: bool):
+    """Summed cross-entropy of one chunk of logits, in fp32, and (when asked) d(scale * sum)/d(logits) in the
+    logits' dtype. Kept free of autograd so torch.compile can fuse it into a couple of passes over the chunk."""
+    x = logits.float()
+    lse = torch.logsumexp(x, dim=-1)
+    loss = (lse - x.gather(1, targets[:, None]).squeeze(1)).sum()
+    if not want_grad:
+        return loss, None
+    grad = torch.exp(x - lse[:, None])
+    grad.scatter_add_(1, targets[:, None], torch.full_like(lse[:, None], -1.0))
+    return loss, (grad * scale).to(logits.dtype)
+
+
+ChunkFn = Callable[[torch.Tensor, torch.Tensor, float, bool], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def _chunked(h, head, targets, chunk: int, fn: ChunkFn, need_h: bool, need_w: bool):
+    """(mean loss, d loss/d h, d loss/d head); a gradient not needed is None and never computed. The matmuls run
+    in h's dtype; the head's gradient is accumulated over chunks in fp32 and returned in the head's dtype."""
+    n, weight = h.shape[0], head.to(h.dtype)
+    loss = torch.zeros((), dtype=torch.float32, device=h.device)
+    grad_h = torch.empty_like(h) if need_h else None
+    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+    for start in range(0, n, chunk):
+        hc, tc = h[start : start + chunk], targets[start : start + chunk]
+        part, g = fn(hc @ weight.t(), tc, 1.0 / n, need_h or need_w)
+        loss += part
+        if need_h:
+            torch.mm(g, weight, out=grad_h[start : start + chunk])
+        if need_w:
+            grad_w += (g.t() @ hc).float()
+    return loss / n, grad_h, grad_w.to(head.dtype) if need_w else None
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, head, targets, chunk, fn, need_h, need_w):  # type: ignore[override]
+        loss, grad_h, grad_w = _chunked(h, head, targets, chunk, fn, need_h, need_w)
+        ctx.save_for_backward(grad_h, grad_w)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        grad_h, grad_w = ctx.saved_tensors
+        gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
+        gw = grad_w * grad_out.to(grad_w.dtype) if grad_w is not None else None
+        return gh, gw, None, None, None, None, None
+
+
+def chunked_cross_entropy(
+    h: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, chunk: int, fn: ChunkFn = ce_chunk
+) -> torch.Tensor:
+    """The plain loss's value and gradients, `chunk` rows of logits at a time. Under autocast the matmuls run in
+    the autocast dtype, as the plain loss's would; the softmax is always fp32. `fn` may be a compiled ce_chunk."""
+    device = h.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+    h2, t = h.flatten(0, 1).to(dtype), targets.flatten()
+    need_h = torch.is_grad_enabled() and h2.requires_grad
+    need_w = torch.is_grad_enabled() and head.requires_grad
+    with torch.autocast(device, enabled=False):
+        if not (need_h or need_w):  # evaluation: the loss alone
+            return _chunked(h2, head, t, chunk, fn, False, False)[0]
+        return _ChunkedLinearCrossEntropy.apply(h2, head, t, chunk, fn, need_h, need_w)
