@@ -12,6 +12,7 @@ from tokenizers import Tokenizer
 from .config import DataConfig, SourceConfig, TokenizerConfig, validate_data_config
 from .loader import RoundRobin, TokenStream
 from .packing import Packer
+from .prefetch import Prefetcher
 from .sources import build_dataset, is_val, load_source, resolve_files
 from .tokenizer import build_tokenizer, eos_id, tokenizer_vocab_size
 
@@ -47,6 +48,7 @@ def build_stream(
 __all__ = [
     "DataConfig",
     "Packer",
+    "Prefetcher",
     "RoundRobin",
     "SourceConfig",
     "TokenStream",

@@ -71,6 +71,9 @@ class DataConfig:
     """Independent sub-streams the corpus is split into (each a share of every source). Rank r of W reads streams
     r, r + W, ... and takes its micro-batches from them in turn, so the global batch of every step is the same for
     any world size that divides `streams` (with the same micro-batch). None means one stream per rank."""
+    prefetch: int = 4
+    """Train batches a background thread prepares ahead of the step (data/prefetch.py), so tokenisation and packing
+    overlap the GPU's work; checkpoints still record exactly the batches consumed. 0 reads in the training loop."""
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -107,6 +110,8 @@ def validate_data_config(cfg: DataConfig) -> None:
             raise ValueError(f"{where}.text_column is empty: name the column that holds the document text")
     if not _get(cfg, "seq_len", 0) > 0:
         raise ValueError(f"data.seq_len must be > 0 (got {_get(cfg, 'seq_len')})")
+    if _get(cfg, "prefetch", 0) < 0:
+        raise ValueError(f"data.prefetch must be >= 0 batches (got {_get(cfg, 'prefetch')}); 0 turns read-ahead off")
     vf = _get(cfg, "val_fraction", 0.0)
     if not 0 < vf < 1:
         raise ValueError(f"data.val_fraction must be in (0, 1) (got {vf}); e.g. 0.02 holds out 2% of documents")

@@ -4,7 +4,7 @@ import hashlib
 import itertools
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -38,12 +38,12 @@ class Run:
     model: torch.nn.Module  # what to call: the parallel wrapper where there is one
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    train_stream: data.RoundRobin
-    val_batches: list[torch.Tensor]
     accum: int
     flops_per_token: float
-    checkpointer: ckpt.Checkpointer
     spikes: SpikeDetector
+    train_stream: data.Prefetcher | None = None  # None in a benchmark on synthetic tokens
+    val_batches: list[torch.Tensor] = field(default_factory=list)
+    checkpointer: ckpt.Checkpointer | None = None
     start_step: int = 0
 
 
@@ -69,7 +69,7 @@ def _all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _build_tokenizer(cfg: TrainConfig, ranks: env.Ranks) -> Tokenizer:
+def shared_tokenizer(cfg: TrainConfig, ranks: env.Ranks) -> Tokenizer:
     """Rank 0 trains or loads the tokenizer first; the others then read its cache instead of all training it."""
     first = env.together(lambda: data.build_tokenizer(cfg.data) if ranks.is_main else None)
     return env.together(lambda: first if ranks.is_main else data.build_tokenizer(cfg.data))
@@ -118,13 +118,27 @@ def build_run(cfg: TrainConfig, run_dir: str | Path, ranks: env.Ranks, device: t
     validate(cfg, ranks.world_size)
     run_dir.mkdir(parents=True, exist_ok=True)
     t = cfg.trainer
-    tokenizer = _build_tokenizer(cfg, ranks)
+    tokenizer = shared_tokenizer(cfg, ranks)
     cfg = resolve_vocab(cfg, tokenizer.get_vocab_size())
     if meta:
         ckpt.check_architecture(meta, cfg.model, source)
     train_stream = data.build_stream(cfg.data, tokenizer, "train", t.micro_batch, ranks.rank, ranks.world_size)
     val_batches = _read_val_batches(cfg, tokenizer, ranks, device)
 
+    run = build_training(cfg, run_dir, ranks, device)
+    run.train_stream = data.Prefetcher(train_stream, cfg.data.prefetch, pin=device.type != "cpu")
+    run.val_batches = val_batches
+    run.checkpointer = ckpt.Checkpointer(cfg.checkpoint, run_dir, ranks.rank, tokenizer)
+    if source:
+        _restore(run, source, meta, full)
+    env.together(lambda: ranks.is_main and OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml"))
+    return run
+
+
+def build_training(cfg: TrainConfig, run_dir: Path, ranks: env.Ranks, device: torch.device) -> Run:
+    """The parts train_step needs (model in its parallel form, optimizer, schedule, spike detector), without data
+    or checkpoints: build_run adds those, the benchmark feeds its own tokens. model.vocab_size must be resolved."""
+    t = cfg.trainer
     amp_dtype = env.autocast_dtype(device, t.precision)
     sharded = cfg.parallel.plan in ("fsdp", "hsdp")
     param_dtype = parallel.DTYPES.get(cfg.parallel.mp_param_dtype) if cfg.parallel.mp_param_dtype else amp_dtype
@@ -132,8 +146,7 @@ def build_run(cfg: TrainConfig, run_dir: str | Path, ranks: env.Ranks, device: t
     model = models.build_model(cfg.model, device="cpu" if t.init_device == "cpu" else device).to(device)
     model = parallel.parallelize(model, cfg.parallel, device, ranks.world_size, t.compile, param_dtype)
     optimizer = optim.build_optimizer(cfg.optim, model)
-    scheduler = optim.build_scheduler(optimizer, cfg.schedule, t.max_steps)
-    run = Run(
+    return Run(
         cfg=cfg,
         run_dir=run_dir,
         ranks=ranks,
@@ -141,18 +154,11 @@ def build_run(cfg: TrainConfig, run_dir: str | Path, ranks: env.Ranks, device: t
         amp_dtype=None if sharded else amp_dtype,  # FSDP's mixed-precision policy already computes in param_dtype
         model=model,
         optimizer=optimizer,
-        scheduler=scheduler,
-        train_stream=train_stream,
-        val_batches=val_batches,
+        scheduler=optim.build_scheduler(optimizer, cfg.schedule, t.max_steps),
         accum=grad_accum_steps(cfg, ranks.world_size),
         flops_per_token=models.flops_per_token(cfg.model, cfg.data.seq_len),
-        checkpointer=ckpt.Checkpointer(cfg.checkpoint, run_dir, ranks.rank, tokenizer),
         spikes=SpikeDetector(cfg.trainer.spikes, device),
     )
-    if source:
-        _restore(run, source, meta, full)
-    env.together(lambda: ranks.is_main and OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml"))
-    return run
 
 
 def _restore(run: Run, source: Path, meta: dict, full: bool) -> None:
@@ -236,15 +242,21 @@ def save_checkpoint(run: Run, step: int) -> None:
     run.checkpointer.save(step, run.model, run.optimizer, rank_state, meta)
 
 
+def start_process_group(cfg: TrainConfig, ranks: env.Ranks, store: dist.Store | None = None) -> torch.device:
+    """This rank's device, with the process group started on it when there are several ranks."""
+    device = env.resolve_device(cfg.trainer.device, ranks.local_rank)
+    if ranks.world_size > 1:
+        backend = env.choose_backend(device.type, cfg.parallel.backend)
+        env.init_distributed(ranks, device, backend, store or env.make_store(ranks), cfg.parallel.timeout_s)
+    return device
+
+
 def fit(cfg: TrainConfig, run_dir: str | Path, ranks: env.Ranks | None = None, store: dist.Store | None = None) -> dict:
     """Train (or resume) until trainer.max_steps and return the last logged metrics. With several ranks, start the
     process group on the rank's device first (`store`: the rendezvous the launcher entry already made)."""
     job_start = env.process_start_time()
     ranks = ranks or env.Ranks()
-    device = env.resolve_device(cfg.trainer.device, ranks.local_rank)
-    if ranks.world_size > 1:
-        backend = env.choose_backend(device.type, cfg.parallel.backend)
-        env.init_distributed(ranks, device, backend, store or env.make_store(ranks), cfg.parallel.timeout_s)
+    device = start_process_group(cfg, ranks, store)
     try:
         run = build_run(cfg, run_dir, ranks, device)
         if cfg.lr_find.enabled:

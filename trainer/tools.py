@@ -80,6 +80,30 @@ def _speedrun_report(args: argparse.Namespace) -> None:
     print(markdown)
 
 
+def _bench(args: argparse.Namespace) -> None:
+    import json
+    import sys
+
+    from hydra import compose, initialize_config_dir
+
+    from .bench import BenchOptions, bench, format_table
+    from .cli import CONFIG_DIR  # also registers the schemas and resolvers
+    from .config import to_train_config
+
+    opts = BenchOptions(args.steps, args.warmup, args.data, args.accum, args.data_seconds)
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+            cfg = to_train_config(compose("train", overrides=[f"+experiment={args.preset}", *args.overrides]))
+        result = bench(cfg, opts)
+    except ValueError as e:
+        print(f"anytrain bench: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    from . import env
+
+    if env.discover_ranks().is_main:
+        print(json.dumps(result) if args.json else format_table(result), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="anytrain", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,6 +146,16 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("lr-report", help="table and overlaid curves of the LR finder runs of a multirun")
     p.add_argument("multirun_dir", help="the folder of a `train -m +experiment=lr_find ...` sweep")
     p.set_defaults(func=_lr_report)
+    p = sub.add_parser("bench", help="tokens/s, MFU, memory, compile time of a training config (default llama-1b)")
+    p.add_argument("overrides", nargs="*", help="config overrides as for `train`, e.g. trainer.micro_batch=16")
+    p.add_argument("--preset", default="bench", help="the experiment composed first (configs/experiment/NAME)")
+    p.add_argument("--steps", type=int, default=20, help="steady-state steps measured")
+    p.add_argument("--warmup", type=int, default=5, help="steps left out of the medians (compile, autotune)")
+    p.add_argument("--data", choices=["synthetic", "real"], default="synthetic")
+    p.add_argument("--accum", type=int, default=1, help="micro-batches per step")
+    p.add_argument("--data-seconds", type=float, default=3.0, help="time the CPU data path this long (0: skip)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.set_defaults(func=_bench)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -1,0 +1,60 @@
+"""`anytrain bench` measures the trainer's own step and reports every figure the throughput issue asks for."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from trainer.bench import BenchOptions, bench, format_table
+from trainer.config import to_train_config
+
+from ..conftest import TINY
+
+KEYS = {
+    "tokens_per_s_per_device",
+    "mfu",
+    "peak_memory_gib",
+    "step_time_s",
+    "compile_s",
+    "time_to_first_step_s",
+    "data_path_tokens_per_s",
+    "data_path_vs_device",
+}
+
+
+def test_bench_on_real_data_reports_throughput_and_the_data_path(compose, tok_cache):
+    overrides = ["trainer.compile=false", "model.vocab_size=null"]  # the tokenizer's 512, not llama-1b's 128256
+    cfg = to_train_config(compose("+experiment=bench", *TINY, tok_cache, *overrides))
+    r = bench(cfg, BenchOptions(steps=4, warmup=2, data="real", accum=2, data_seconds=0.5))
+    assert KEYS <= r.keys()
+    assert r["steps_measured"] == 4 and len(r["losses"]) == 6
+    tokens_per_step = 4 * 2 * 64  # micro-batch x accum x seq_len
+    assert r["tokens_per_s_per_device"] == pytest.approx(tokens_per_step / r["step_time_s"])
+    assert r["data_path_tokens_per_s"] > 0 and r["data_path_vs_device"] > 0
+    assert r["mfu"] is None and r["peak_memory_gib"] is None  # no peak FLOP/s or device memory on the CPU
+    assert r["precision"] == "float32" and r["world_size"] == 1
+    assert r["losses"][0] == pytest.approx(6.25, abs=0.3)  # ~ln(512): the step is a real training step
+    table = format_table(r)
+    assert "tokens/s per device" in table and "x one device's use" in table
+
+
+def test_bench_cli_compiled_json(tmp_path, tok_cache):
+    """The console path, with torch.compile of the blocks and of the loss's chunk softmax."""
+    out = subprocess.run(
+        [sys.executable, "-m", "trainer.tools", "bench", *TINY, tok_cache, "model.vocab_size=512",
+         "trainer.compile=true", "--steps", "2", "--warmup", "1", "--data-seconds", "0", "--json"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["compile"] is True and r["compile_s"] > 0 and r["data_path_tokens_per_s"] is None
+    assert r["tokens_per_s_per_device"] > 0 and len(r["losses"]) == 3
+
+
+def test_bench_rejects_bad_options_clearly(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "trainer.tools", "bench", "model=debug", "--data-seconds", "0"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 2 and "model.vocab_size" in out.stderr

@@ -1,0 +1,212 @@
+"""`anytrain bench`: the throughput of one training configuration, measured on the trainer's own step.
+
+The step is `loop.train_step` as `train` runs it (autocast, parallel plan, compile, clipping, spike guard, fused
+optimizer), fed from a small pool of synthetic batches on the device or from the configured data stream. Step times
+come from device events recorded after every step, with no host sync between steps, so what is measured is the
+pipeline the trainer runs. The CPU data path (tokenisation + packing of the configured corpus in this process) is
+timed on its own, before the model exists, and compared with what one device consumes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+import data
+import models
+
+from . import env
+from .config import TrainConfig, validate
+from .loop import build_training, resolve_vocab, shared_tokenizer, start_process_group, train_step
+
+DATA_MODES = ("synthetic", "real")
+
+
+@dataclass
+class BenchOptions:
+    steps: int = 20
+    """Steady-state steps measured (after the warm-up)."""
+    warmup: int = 5
+    """Steps run first and left out of the medians: compile, autotuning, allocator growth."""
+    data: str = "synthetic"
+    """synthetic: a pool of random token batches made on the device; real: the configured data stream."""
+    accum: int = 1
+    """Micro-batches per step (gradient accumulation); the global batch becomes micro x ranks x accum."""
+    data_seconds: float = 3.0
+    """How long to time the CPU data path; 0 skips it (and the tokenizer it needs)."""
+
+
+def _synthetic(cfg: TrainConfig, device: torch.device, rank: int, pool: int = 8) -> Iterator[torch.Tensor]:
+    """A cycled pool of random batches: no host work per step, and a loss that falls as the pool is memorised."""
+    g = torch.Generator(device=device).manual_seed(cfg.trainer.seed + 1000 * rank)
+    shape = (cfg.trainer.micro_batch, cfg.data.seq_len + 1)
+    batches = [torch.randint(0, cfg.model.vocab_size, shape, device=device, generator=g) for _ in range(pool)]
+    return itertools.cycle(batches)
+
+
+def measure_data_path(cfg: TrainConfig, tokenizer, seconds: float) -> float:
+    """Tokens per second that this process's train stream yields (tokenise + pack), read for about `seconds`."""
+    stream = iter(data.build_stream(cfg.data, tokenizer, "train", cfg.trainer.micro_batch))
+    next(stream)  # opening the files is not throughput
+    tokens, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        tokens += next(stream)[:, :-1].numel()
+    return tokens / (time.perf_counter() - start)
+
+
+class _Clock:
+    """Marks the end of each step: device events (no host sync) on accelerators, the wall clock on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.marks: list = []
+
+    def mark(self) -> None:
+        if self.device.type == "cpu":
+            self.marks.append(time.perf_counter())
+        else:
+            event = torch.Event(device=self.device, enable_timing=True)
+            event.record()
+            self.marks.append(event)
+
+    def intervals(self) -> list[float]:
+        """Seconds between consecutive marks (call after a synchronize)."""
+        if self.device.type == "cpu":
+            return [b - a for a, b in itertools.pairwise(self.marks)]
+        return [a.elapsed_time(b) / 1e3 for a, b in itertools.pairwise(self.marks)]
+
+
+def _max_over_ranks(x: float, device: torch.device) -> float:
+    if not env.distributed():
+        return x
+    t = torch.tensor(x, device=device if dist.get_backend() != "gloo" else "cpu", dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
+def bench(cfg: TrainConfig, opts: BenchOptions, ranks: env.Ranks | None = None) -> dict:
+    """Run warmup + steps training steps and return the figures (every rank returns the same dict)."""
+    job_start = env.process_start_time()
+    if opts.data not in DATA_MODES:
+        raise ValueError(f"bench data must be one of {DATA_MODES}, got {opts.data!r}")
+    if opts.steps < 2 or opts.warmup < 1 or opts.accum < 1:
+        raise ValueError("bench needs steps >= 2, warmup >= 1 and accum >= 1")
+    ranks = ranks or env.discover_ranks()
+    t = cfg.trainer
+    total = opts.warmup + opts.steps
+    cfg = replace(
+        cfg,
+        trainer=replace(t, global_batch=t.micro_batch * ranks.world_size * opts.accum, max_steps=total),
+        schedule=replace(cfg.schedule, warmup_steps=min(cfg.schedule.warmup_steps, total // 2)),  # LR: no speed effect
+    )
+    validate(cfg, ranks.world_size)
+    if opts.data == "synthetic" and not opts.data_seconds and cfg.model.vocab_size is None:
+        raise ValueError("synthetic tokens need a model.vocab_size (the preset's, or model.vocab_size=N)")
+    device = start_process_group(cfg, ranks)
+    try:
+        data_tok_s, tokenizer = None, None
+        if opts.data == "real" or opts.data_seconds > 0:
+            tokenizer = shared_tokenizer(cfg, ranks)
+            cfg = resolve_vocab(cfg, tokenizer.get_vocab_size())
+            if opts.data_seconds > 0:
+                data_tok_s = measure_data_path(cfg, tokenizer, opts.data_seconds)
+        run = build_training(cfg, Path(os.devnull), ranks, device)
+        if opts.data == "synthetic":
+            batches = _synthetic(cfg, device, ranks.rank)
+        else:
+            stream = data.build_stream(cfg.data, tokenizer, "train", t.micro_batch, ranks.rank, ranks.world_size)
+            batches = iter(data.Prefetcher(stream, cfg.data.prefetch, pin=device.type != "cpu"))
+        return _measure(run, batches, opts, job_start, data_tok_s)
+    finally:
+        if env.distributed():
+            dist.destroy_process_group()
+
+
+def _measure(run, batches: Iterator[torch.Tensor], opts: BenchOptions, job_start: float, data_tok_s) -> dict:
+    cfg, device, world = run.cfg, run.device, run.ranks.world_size
+    clock, losses = _Clock(device), []
+    first_start = time.perf_counter()
+    losses.append(train_step(run, [next(batches) for _ in range(opts.accum)])[0])
+    env.synchronize(device)
+    first_step_s, time_to_first_step_s = time.perf_counter() - first_start, time.time() - job_start
+    clock.mark()
+    for _ in range(opts.warmup + opts.steps - 1):
+        losses.append(train_step(run, [next(batches) for _ in range(opts.accum)])[0])
+        clock.mark()
+    env.synchronize(device)
+    steady = clock.intervals()[opts.warmup - 1 :]
+    step_s = _max_over_ranks(statistics.median(steady), device)  # the slowest rank sets the pace
+    tokens_per_step = cfg.trainer.micro_batch * opts.accum * cfg.data.seq_len
+    tok_s = tokens_per_step / step_s
+    peak = env.peak_flops(device)
+    mem = env.peak_memory_gib(device)
+    return {
+        "model_params": models.num_params(cfg.model),
+        "device": env.device_name(device),
+        "world_size": world,
+        "plan": cfg.parallel.plan,
+        "activation_checkpoint": cfg.parallel.activation_checkpoint,
+        "compile": cfg.trainer.compile,
+        "loss_chunk": cfg.model.loss_chunk,
+        "precision": str(env.autocast_dtype(device, cfg.trainer.precision) or torch.float32).removeprefix("torch."),
+        "micro_batch": cfg.trainer.micro_batch,
+        "accum": opts.accum,
+        "seq_len": cfg.data.seq_len,
+        "data": opts.data,
+        "torch": torch.__version__,
+        "steps_measured": len(steady),
+        "tokens_per_s_per_device": tok_s,
+        "tokens_per_s": tok_s * world,
+        "mfu": run.flops_per_token * tok_s / peak if peak else None,
+        "step_time_s": step_s,
+        "step_time_spread": (max(steady) - min(steady)) / step_s,
+        "peak_memory_gib": _max_over_ranks(mem, device) if mem is not None else None,
+        "first_step_s": first_step_s,
+        "compile_s": max(first_step_s - step_s, 0.0) if cfg.trainer.compile else 0.0,
+        "time_to_first_step_s": _max_over_ranks(time_to_first_step_s, device),
+        "data_path_tokens_per_s": data_tok_s,
+        "data_path_vs_device": data_tok_s / tok_s if data_tok_s else None,
+        "cpu_cores": os.cpu_count(),
+        "losses": [x.item() for x in losses],
+    }
+
+
+def format_table(r: dict) -> str:
+    """The human-readable report of one bench result."""
+
+    def num(x, fmt):
+        return "-" if x is None else format(x, fmt)
+
+    head = (
+        f"anytrain bench | {r['model_params'] / 1e6:,.1f}M params | {r['world_size']} x {r['device']} | "
+        f"plan {r['plan']} | micro-batch {r['micro_batch']} x accum {r['accum']} x seq {r['seq_len']} | "
+        f"{r['precision']} | compile {'on' if r['compile'] else 'off'} | AC {r['activation_checkpoint']} | "
+        f"loss chunk {r['loss_chunk'] or 'off'} | {r['data']} tokens | torch {r['torch']}"
+    )
+    mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+    rows = [
+        ("tokens/s per device (median)", f"{r['tokens_per_s_per_device']:,.0f}"),
+        ("tokens/s, all devices", f"{r['tokens_per_s']:,.0f}"),
+        ("MFU", mfu),
+        ("step time", f"{1e3 * r['step_time_s']:.1f} ms (spread {100 * r['step_time_spread']:.1f}%)"),
+        ("peak memory", f"{num(r['peak_memory_gib'], '.1f')} GiB"),
+        ("compile (first step minus a steady one)", f"{r['compile_s']:.1f} s"),
+        ("time to first step", f"{r['time_to_first_step_s']:.1f} s"),
+        (
+            "data path, CPU, this process",
+            "-"
+            if r["data_path_tokens_per_s"] is None
+            else f"{r['data_path_tokens_per_s']:,.0f} tok/s = {r['data_path_vs_device']:.1f}x one device's use",
+        ),
+        ("loss, first -> last step", f"{r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join([head, *(f"  {k:<{width}}  {v}" for k, v in rows)])
