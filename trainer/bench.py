@@ -124,7 +124,8 @@ def bench(cfg: TrainConfig, opts: BenchOptions, ranks: env.Ranks | None = None) 
         else:
             stream = data.build_stream(cfg.data, tokenizer, "train", t.micro_batch, ranks.rank, ranks.world_size)
             batches = iter(data.Prefetcher(stream, cfg.data.prefetch, pin=device.type != "cpu"))
-        return _measure(run, batches, opts, job_start, data_tok_s)
+        with env.attention_kernels(cfg.trainer.attention_kernels):
+            return _measure(run, batches, opts, job_start, data_tok_s)
     finally:
         if env.distributed():
             dist.destroy_process_group()
@@ -156,6 +157,7 @@ def _measure(run, batches: Iterator[torch.Tensor], opts: BenchOptions, job_start
         "activation_checkpoint": cfg.parallel.activation_checkpoint,
         "compile": cfg.trainer.compile,
         "loss_chunk": cfg.model.loss_chunk,
+        "attention_kernels": cfg.trainer.attention_kernels,
         "precision": str(env.autocast_dtype(device, cfg.trainer.precision) or torch.float32).removeprefix("torch."),
         "micro_batch": cfg.trainer.micro_batch,
         "accum": opts.accum,
@@ -189,7 +191,8 @@ def format_table(r: dict) -> str:
         f"anytrain bench | {r['model_params'] / 1e6:,.1f}M params | {r['world_size']} x {r['device']} | "
         f"plan {r['plan']} | micro-batch {r['micro_batch']} x accum {r['accum']} x seq {r['seq_len']} | "
         f"{r['precision']} | compile {'on' if r['compile'] else 'off'} | AC {r['activation_checkpoint']} | "
-        f"loss chunk {r['loss_chunk'] or 'off'} | {r['data']} tokens | torch {r['torch']}"
+        f"loss chunk {r['loss_chunk'] or 'off'} | SDPA {','.join(r['attention_kernels'] or ['default'])} | "
+        f"{r['data']} tokens | torch {r['torch']}"
     )
     mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
     rows = [

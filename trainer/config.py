@@ -14,6 +14,7 @@ from models.config import ModelConfig, validate_model_config
 from optim.config import OptimConfig, ScheduleConfig
 from optim.schedules import schedule_phases
 
+from . import env
 from .checkpoint import CheckpointConfig
 from .launcher import LauncherConfig
 from .lr_finder import LRFinderConfig, validate_finder
@@ -38,6 +39,10 @@ class TrainerConfig:
     """Read metrics back from the device and log them every this many steps (reading them forces a sync)."""
     compile: bool = False
     """torch.compile each transformer block (short compile times, also at scale)."""
+    attention_kernels: list[str] | None = None
+    """Scaled-dot-product-attention kernels to try first, in order, from cudnn, flash, efficient, math (e.g.
+    [cudnn, flash] on Hopper); a kernel that cannot take a call falls through to the next. None keeps torch's own
+    choice. Numerics are the same up to float rounding."""
     device: str = "auto"
     """"auto" picks xpu > cuda > mps > cpu; or name one ("cuda", "cpu", ...)."""
     precision: str = "auto"
@@ -149,6 +154,9 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
         )
     if t.init_device not in ("cpu", "device"):
         raise ValueError(f"trainer.init_device must be cpu or device, got {t.init_device!r}")
+    unknown = [k for k in t.attention_kernels or [] if k not in env.ATTENTION_KERNELS]
+    if unknown:
+        raise ValueError(f"trainer.attention_kernels has {unknown}: choose from {list(env.ATTENTION_KERNELS)}")
     if t.precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"trainer.precision must be auto, bf16 or fp32, got {t.precision!r}")
     if cfg.data.seq_len > cfg.model.max_seq_len:

@@ -275,6 +275,24 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return torch.bfloat16
 
 
+ATTENTION_KERNELS = ("cudnn", "flash", "efficient", "math")
+
+
+def attention_kernels(names: list[str] | None) -> AbstractContextManager:
+    """Prefer these SDPA kernels, in this order, while the context is open (compiled graphs keep the kernel chosen
+    when they were traced inside it). None changes nothing."""
+    if not names:
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    member = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION"}
+    backends = [getattr(SDPBackend, member.get(n, n.upper())) for n in names]
+    try:
+        return sdpa_kernel(backends, set_priority=True)
+    except TypeError:  # torch < 2.6 has no priority order: restrict to the named kernels instead
+        return sdpa_kernel(backends)
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 

@@ -258,11 +258,12 @@ def fit(cfg: TrainConfig, run_dir: str | Path, ranks: env.Ranks | None = None, s
     ranks = ranks or env.Ranks()
     device = start_process_group(cfg, ranks, store)
     try:
-        run = build_run(cfg, run_dir, ranks, device)
-        if cfg.lr_find.enabled:
-            return find_lr(run)
-        with Preemption() as preemption:
-            return _train(run, job_start, preemption)
+        with env.attention_kernels(cfg.trainer.attention_kernels):
+            run = build_run(cfg, run_dir, ranks, device)
+            if cfg.lr_find.enabled:
+                return find_lr(run)
+            with Preemption() as preemption:
+                return _train(run, job_start, preemption)
     finally:
         if env.distributed():
             dist.destroy_process_group()
