@@ -39,6 +39,8 @@ bench b8_cudnn 150 "trainer.attention_kernels=[cudnn,flash]" "${B[@]}"
 bench b8_real 120 "${GPT2[@]}" --data real --warmup 3 --steps 12 --data-seconds 0 --json
 bench m2b 180 model=2b data.seq_len=8192 trainer.micro_batch=2 "${B[@]}"
 bench m2b_ac 180 model=2b data.seq_len=8192 trainer.micro_batch=2 parallel.activation_checkpoint=full "${B[@]}"
+# Added after the 2026-11-22 run (BENCHMARKS.md): where the llama-1b step spends its time, for the next speed-up.
+bench b8_profile 120 --warmup 3 --steps 6 --data-seconds 0 --profile 3
 
 (cd "$RUNS" && tar czf "$OUT/logs.tgz" ./*.log ./*.json)
 python3 - "$RUNS" "$OUT" <<'EOF'
@@ -71,3 +73,4 @@ for k, ref in (("b8", 59.1e3), ("b16", 63.1e3)):
     if k in res:
         print(f"{k}: {res[k]['tokens_per_s_per_device'] / ref:.3f}x the reference trainer at the same batch")
 EOF
+[[ -f $RUNS/b8_profile.json ]] && tail -n 32 "$RUNS/b8_profile.json"  # a table, not JSON: the summary skips it

@@ -42,6 +42,8 @@ class BenchOptions:
     """Micro-batches per step (gradient accumulation); the global batch becomes micro x ranks x accum."""
     data_seconds: float = 3.0
     """How long to time the CPU data path; 0 skips it (and the tokenizer it needs)."""
+    profile: int = 0
+    """Steps to run under torch.profiler after the measured ones; their top operators by device time are reported."""
 
 
 def _synthetic(cfg: TrainConfig, device: torch.device, rank: int, pool: int = 8) -> Iterator[torch.Tensor]:
@@ -143,6 +145,7 @@ def _measure(run, batches: Iterator[torch.Tensor], opts: BenchOptions, job_start
         losses.append(train_step(run, [next(batches) for _ in range(opts.accum)])[0])
         clock.mark()
     env.synchronize(device)
+    profile = _profile(run, batches, opts) if opts.profile else None
     steady = clock.intervals()[opts.warmup - 1 :]
     step_s = _max_over_ranks(statistics.median(steady), device)  # the slowest rank sets the pace
     tokens_per_step = cfg.trainer.micro_batch * opts.accum * cfg.data.seq_len
@@ -178,7 +181,24 @@ def _measure(run, batches: Iterator[torch.Tensor], opts: BenchOptions, job_start
         "data_path_vs_device": data_tok_s / tok_s if data_tok_s else None,
         "cpu_cores": os.cpu_count(),
         "losses": [x.item() for x in losses],
+        "profile": profile,
     }
+
+
+def _profile(run, batches: Iterator[torch.Tensor], opts: BenchOptions, rows: int = 25) -> str:
+    """The operators that take the most time over opts.profile more steps: where to look for the next speed-up."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = run.device
+    activities = [ProfilerActivity.CPU]
+    if device.type != "cpu" and hasattr(ProfilerActivity, device.type.upper()):
+        activities.append(getattr(ProfilerActivity, device.type.upper()))
+    with profile(activities=activities) as prof:
+        for _ in range(opts.profile):
+            train_step(run, [next(batches) for _ in range(opts.accum)])
+        env.synchronize(device)
+    key = "self_cpu_time_total" if len(activities) == 1 else "self_device_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
 def format_table(r: dict) -> str:

@@ -90,7 +90,7 @@ def _bench(args: argparse.Namespace) -> None:
     from .cli import CONFIG_DIR  # also registers the schemas and resolvers
     from .config import to_train_config
 
-    opts = BenchOptions(args.steps, args.warmup, args.data, args.accum, args.data_seconds)
+    opts = BenchOptions(args.steps, args.warmup, args.data, args.accum, args.data_seconds, args.profile)
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
             cfg = to_train_config(compose("train", overrides=[f"+experiment={args.preset}", *args.overrides]))
@@ -102,6 +102,8 @@ def _bench(args: argparse.Namespace) -> None:
 
     if env.discover_ranks().is_main:
         print(json.dumps(result) if args.json else format_table(result), flush=True)
+        if result["profile"] and not args.json:
+            print(f"\ntop operators over {args.profile} profiled steps:\n{result['profile']}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", choices=["synthetic", "real"], default="synthetic")
     p.add_argument("--accum", type=int, default=1, help="micro-batches per step")
     p.add_argument("--data-seconds", type=float, default=3.0, help="time the CPU data path this long (0: skip)")
+    p.add_argument("--profile", type=int, default=0, help="then profile this many steps and print the top operators")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=_bench)
     args = parser.parse_args(argv)

@@ -26,7 +26,7 @@ KEYS = {
 def test_bench_on_real_data_reports_throughput_and_the_data_path(compose, tok_cache):
     overrides = ["trainer.compile=false", "model.vocab_size=null"]  # the tokenizer's 512, not llama-1b's 128256
     cfg = to_train_config(compose("+experiment=bench", *TINY, tok_cache, *overrides))
-    r = bench(cfg, BenchOptions(steps=4, warmup=2, data="real", accum=2, data_seconds=0.5))
+    r = bench(cfg, BenchOptions(steps=4, warmup=2, data="real", accum=2, data_seconds=0.5, profile=1))
     assert KEYS <= r.keys()
     assert r["steps_measured"] == 4 and len(r["losses"]) == 6
     tokens_per_step = 4 * 2 * 64  # micro-batch x accum x seq_len
@@ -35,6 +35,7 @@ def test_bench_on_real_data_reports_throughput_and_the_data_path(compose, tok_ca
     assert r["mfu"] is None and r["peak_memory_gib"] is None  # no peak FLOP/s or device memory on the CPU
     assert r["precision"] == "float32" and r["world_size"] == 1
     assert r["losses"][0] == pytest.approx(6.25, abs=0.3)  # ~ln(512): the step is a real training step
+    assert "aten::mm" in r["profile"]  # the top operators of one profiled step
     table = format_table(r)
     assert "tokens/s per device" in table and "x one device's use" in table
 
