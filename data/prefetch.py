@@ -3,6 +3,7 @@ and packing, while a checkpoint still records exactly the batches the trainer co
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ class ResumableStream(Protocol):
 
 
 _END = object()
+JOIN_TIMEOUT_S = 30.0
+log = logging.getLogger(__name__)
 
 
 class Prefetcher:
@@ -36,6 +39,7 @@ class Prefetcher:
         self._consumed: dict[str, Any] | None = None  # state after the last batch handed out
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._generation = 0  # bumped by every iter(), load_state_dict() and close(); older iterators refuse to go on
 
     def __getattr__(self, name: str) -> Any:  # batch_size, seq_len, vocab_size, ... of the wrapped stream
         if name == "stream":
@@ -46,40 +50,64 @@ class Prefetcher:
         return self._consumed if self._consumed is not None else self.stream.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from `state` at the next iter(); batches read ahead from the old position are dropped."""
+        """Continue from `state` at the next iter(). Batches read ahead from the old position are dropped, and an
+        iterator taken before this call raises instead of handing them out."""
         self.close()
         self.stream.load_state_dict(state)
         self._consumed = None
 
     def close(self) -> None:
-        """Stop the reading thread (it is a daemon, so an unclosed one never blocks the exit)."""
+        """Stop the reading thread; iterators taken so far become invalid. Also done when an iterator is dropped."""
+        self._generation += 1
         if self._thread is not None:
             self._stop.set()
-            self._thread.join()
+            self._thread.join(timeout=JOIN_TIMEOUT_S)
+            if self._thread.is_alive():  # stuck in a read; it is a daemon and dies with the process
+                log.warning("the data read-ahead thread did not stop within %.0f s", JOIN_TIMEOUT_S)
             self._thread = None
-            self._stop = threading.Event()
+
+    def _check(self, generation: int) -> None:
+        if generation != self._generation:
+            raise RuntimeError(
+                "this data iterator was replaced by a later iter(), load_state_dict() or close(): use the new one"
+            )
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         # A second iter() goes on from what was consumed, not from what the last thread had read ahead.
         if self._thread is not None or self._consumed is not None:
             self.load_state_dict(self.state_dict())
+        self._generation += 1
+        generation = self._generation
         if self.depth == 0:
             for batch in self.stream:
+                self._check(generation)
                 self._consumed = self.stream.state_dict()
                 yield batch
             return
         q: queue.Queue = queue.Queue(maxsize=self.depth)
-        stop = self._stop
-        self._thread = threading.Thread(target=self._produce, args=(q, stop), name="anytrain-prefetch", daemon=True)
-        self._thread.start()
-        while True:
-            item = q.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            batch, self._consumed = item
-            yield batch
+        self._stop = stop = threading.Event()
+        thread = threading.Thread(target=self._produce, args=(q, stop), name="anytrain-prefetch", daemon=True)
+        self._thread = thread
+        thread.start()
+        try:
+            while True:
+                self._check(generation)
+                try:
+                    item = q.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                self._check(generation)
+                batch, self._consumed = item
+                yield batch
+        finally:  # a finished, failed or dropped iterator stops its own thread
+            stop.set()
+            thread.join(timeout=JOIN_TIMEOUT_S)
+            if self._thread is thread:
+                self._thread = None
 
     def _produce(self, q: queue.Queue, stop: threading.Event) -> None:
         def put(item: Any) -> bool:

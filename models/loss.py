@@ -5,6 +5,9 @@ at once: about 25 GiB at 8 x 2048 tokens. The chunked loss takes `chunk` rows at
 gradient with respect to the hidden states and the head weight in the forward pass (the derivative of a mean
 cross-entropy is (softmax - onehot) / N, known as soon as the softmax is), so no logits outlive their chunk and
 backward only scales the saved gradients. The head's matmul FLOPs are the same as the plain loss's.
+
+What it holds instead: the head's gradient in fp32 (vocab x dim, 1 GiB for llama-1b) from forward to backward, and
+per chunk a vocab x dim product and its fp32 copy while it is added in; far less than the logits at these sizes.
 """
 
 from collections.abc import Callable
@@ -19,7 +22,9 @@ def plain_cross_entropy(h: torch.Tensor, head: torch.Tensor, targets: torch.Tens
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
-def ce_chunk(logits: torch.Tensor, targets: torch.Tensor, scale: float, want_grad: bool):
+def ce_chunk(
+    logits: torch.Tensor, targets: torch.Tensor, scale: float, want_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Summed cross-entropy of one chunk of logits, in fp32, and (when asked) d(scale * sum)/d(logits) in the
     logits' dtype. Kept free of autograd so torch.compile can fuse it into a couple of passes over the chunk."""
     x = logits.float()
@@ -63,7 +68,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         grad_h, grad_w = ctx.saved_tensors
-        gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
+        # The scale (1/accumulation, say) in fp32, as the plain loss applies it: bf16 would round 1/3 by 0.2%.
+        gh = (grad_h.float() * grad_out).to(grad_h.dtype) if grad_h is not None else None
         gw = grad_w * grad_out.to(grad_w.dtype) if grad_w is not None else None
         return gh, gw, None, None, None, None, None
 

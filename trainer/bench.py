@@ -19,13 +19,14 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tokenizers import Tokenizer
 
 import data
 import models
 
 from . import env
 from .config import TrainConfig, validate
-from .loop import build_training, resolve_vocab, shared_tokenizer, start_process_group, train_step
+from .loop import Run, build_training, resolve_vocab, shared_tokenizer, start_process_group, train_step
 
 DATA_MODES = ("synthetic", "real")
 
@@ -54,7 +55,7 @@ def _synthetic(cfg: TrainConfig, device: torch.device, rank: int, pool: int = 8)
     return itertools.cycle(batches)
 
 
-def measure_data_path(cfg: TrainConfig, tokenizer, seconds: float) -> float:
+def measure_data_path(cfg: TrainConfig, tokenizer: Tokenizer, seconds: float) -> float:
     """Tokens per second that this process's train stream yields (tokenise + pack), read for about `seconds`."""
     stream = iter(data.build_stream(cfg.data, tokenizer, "train", cfg.trainer.micro_batch))
     next(stream)  # opening the files is not throughput
@@ -106,7 +107,7 @@ def bench(cfg: TrainConfig, opts: BenchOptions, ranks: env.Ranks | None = None) 
     total = opts.warmup + opts.steps
     cfg = replace(
         cfg,
-        trainer=replace(t, global_batch=t.micro_batch * ranks.world_size * opts.accum, max_steps=total),
+        trainer=replace(t, global_batch=t.micro_batch * ranks.world_size * opts.accum, max_steps=total + opts.profile),
         schedule=replace(cfg.schedule, warmup_steps=min(cfg.schedule.warmup_steps, total // 2)),  # LR: no speed effect
     )
     validate(cfg, ranks.world_size)
@@ -119,13 +120,15 @@ def bench(cfg: TrainConfig, opts: BenchOptions, ranks: env.Ranks | None = None) 
             tokenizer = shared_tokenizer(cfg, ranks)
             cfg = resolve_vocab(cfg, tokenizer.get_vocab_size())
             if opts.data_seconds > 0:
+                timing_start = time.time()
                 data_tok_s = measure_data_path(cfg, tokenizer, opts.data_seconds)
+                job_start += time.time() - timing_start  # the measurement is not part of a training job's start
         run = build_training(cfg, Path(os.devnull), ranks, device)
         if opts.data == "synthetic":
             batches = _synthetic(cfg, device, ranks.rank)
         else:
             stream = data.build_stream(cfg.data, tokenizer, "train", t.micro_batch, ranks.rank, ranks.world_size)
-            batches = iter(data.Prefetcher(stream, cfg.data.prefetch, pin=device.type != "cpu"))
+            batches = iter(data.Prefetcher(stream, cfg.data.prefetch, pin=env.can_pin_memory(device)))
         with env.attention_kernels(cfg.trainer.attention_kernels):
             return _measure(run, batches, opts, job_start, data_tok_s)
     finally:
@@ -133,11 +136,14 @@ def bench(cfg: TrainConfig, opts: BenchOptions, ranks: env.Ranks | None = None) 
             dist.destroy_process_group()
 
 
-def _measure(run, batches: Iterator[torch.Tensor], opts: BenchOptions, job_start: float, data_tok_s) -> dict:
+def _measure(
+    run: Run, batches: Iterator[torch.Tensor], opts: BenchOptions, job_start: float, data_tok_s: float | None
+) -> dict:
     cfg, device, world = run.cfg, run.device, run.ranks.world_size
     clock, losses = _Clock(device), []
+    first = [next(batches) for _ in range(opts.accum)]  # opening the data is not compile time
     first_start = time.perf_counter()
-    losses.append(train_step(run, [next(batches) for _ in range(opts.accum)])[0])
+    losses.append(train_step(run, first)[0])
     env.synchronize(device)
     first_step_s, time_to_first_step_s = time.perf_counter() - first_start, time.time() - job_start
     clock.mark()
@@ -185,7 +191,7 @@ def _measure(run, batches: Iterator[torch.Tensor], opts: BenchOptions, job_start
     }
 
 
-def _profile(run, batches: Iterator[torch.Tensor], opts: BenchOptions, rows: int = 25) -> str:
+def _profile(run: Run, batches: Iterator[torch.Tensor], opts: BenchOptions, rows: int = 25) -> str:
     """The operators that take the most time over opts.profile more steps: where to look for the next speed-up."""
     from torch.profiler import ProfilerActivity, profile
 

@@ -40,9 +40,10 @@ class TrainerConfig:
     compile: bool = False
     """torch.compile each transformer block (short compile times, also at scale)."""
     attention_kernels: list[str] | None = None
-    """Scaled-dot-product-attention kernels to try first, in order, from cudnn, flash, efficient, math (e.g.
-    [cudnn, flash] on Hopper); a kernel that cannot take a call falls through to the next. None keeps torch's own
-    choice. Numerics are the same up to float rounding."""
+    """The only scaled-dot-product-attention kernels allowed, tried in this order, from cudnn, flash, efficient,
+    math (e.g. [cudnn, flash, math] on Hopper); a kernel that cannot take a call falls through to the next listed
+    one, and none left is an error, so end with math to keep a fallback. None keeps torch's own choice. Numerics
+    are the same up to float rounding."""
     device: str = "auto"
     """"auto" picks xpu > cuda > mps > cpu; or name one ("cuda", "cpu", ...)."""
     precision: str = "auto"

@@ -279,8 +279,8 @@ ATTENTION_KERNELS = ("cudnn", "flash", "efficient", "math")
 
 
 def attention_kernels(names: list[str] | None) -> AbstractContextManager:
-    """Prefer these SDPA kernels, in this order, while the context is open (compiled graphs keep the kernel chosen
-    when they were traced inside it). None changes nothing."""
+    """Allow only these SDPA kernels, tried in this order, while the context is open (compiled graphs keep the
+    kernel chosen when they were traced inside it). None changes nothing."""
     if not names:
         return nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -295,6 +295,11 @@ def attention_kernels(names: list[str] | None) -> AbstractContextManager:
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def can_pin_memory(device: torch.device) -> bool:
+    """Whether host batches for this device should be page-locked (which makes copies to it asynchronous)."""
+    return device.type in ("cuda", "xpu")
 
 
 def device_name(device: torch.device) -> str:

@@ -41,7 +41,7 @@ class Run:
     accum: int
     flops_per_token: float
     spikes: SpikeDetector
-    train_stream: data.Prefetcher | None = None  # None in a benchmark on synthetic tokens
+    train_stream: data.Prefetcher | None = None  # None in a benchmark, which feeds its own batches
     val_batches: list[torch.Tensor] = field(default_factory=list)
     checkpointer: ckpt.Checkpointer | None = None
     start_step: int = 0
@@ -126,7 +126,7 @@ def build_run(cfg: TrainConfig, run_dir: str | Path, ranks: env.Ranks, device: t
     val_batches = _read_val_batches(cfg, tokenizer, ranks, device)
 
     run = build_training(cfg, run_dir, ranks, device)
-    run.train_stream = data.Prefetcher(train_stream, cfg.data.prefetch, pin=device.type != "cpu")
+    run.train_stream = data.Prefetcher(train_stream, cfg.data.prefetch, pin=env.can_pin_memory(device))
     run.val_batches = val_batches
     run.checkpointer = ckpt.Checkpointer(cfg.checkpoint, run_dir, ranks.rank, tokenizer)
     if source:
@@ -257,6 +257,7 @@ def fit(cfg: TrainConfig, run_dir: str | Path, ranks: env.Ranks | None = None, s
     job_start = env.process_start_time()
     ranks = ranks or env.Ranks()
     device = start_process_group(cfg, ranks, store)
+    run = None
     try:
         with env.attention_kernels(cfg.trainer.attention_kernels):
             run = build_run(cfg, run_dir, ranks, device)
@@ -265,6 +266,8 @@ def fit(cfg: TrainConfig, run_dir: str | Path, ranks: env.Ranks | None = None, s
             with Preemption() as preemption:
                 return _train(run, job_start, preemption)
     finally:
+        if run is not None and run.train_stream is not None:
+            run.train_stream.close()  # the read-ahead thread, also when a multirun goes on to its next job
         if env.distributed():
             dist.destroy_process_group()
 

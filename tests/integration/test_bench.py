@@ -59,3 +59,24 @@ def test_bench_rejects_bad_options_clearly(tmp_path):
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
     assert out.returncode == 2 and "model.vocab_size" in out.stderr
+
+
+def test_warm_up_steps_stay_out_of_the_median(compose, tok_cache, monkeypatch):
+    import time
+
+    import trainer.bench
+
+    real, calls = trainer.bench.train_step, []
+
+    def slow_at_first(*args, **kwargs):  # steps 1-3 take an extra half second, like compile and autotuning
+        calls.append(1)
+        if len(calls) <= 3:
+            time.sleep(0.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.bench, "train_step", slow_at_first)
+    overrides = ["trainer.compile=false", "model.vocab_size=512"]
+    cfg = to_train_config(compose("+experiment=bench", *TINY, tok_cache, *overrides))
+    r = bench(cfg, BenchOptions(steps=2, warmup=3, data_seconds=0))
+    assert r["steps_measured"] == 2 and r["step_time_s"] < 0.25, r["step_time_s"]
+    assert r["first_step_s"] > 0.5
