@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import statistics
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -112,17 +113,27 @@ def bench(cfg: TrainConfig, opts: BenchOptions, ranks: env.Ranks | None = None) 
     )
     validate(cfg, ranks.world_size)
     if opts.data == "synthetic" and not opts.data_seconds and cfg.model.vocab_size is None:
-        raise ValueError("synthetic tokens need a model.vocab_size (the preset's, or model.vocab_size=N)")
+        raise ValueError(
+            "synthetic tokens need a model.vocab_size: set model.vocab_size=N, or keep --data-seconds above 0 so the "
+            "tokenizer it builds sets it"
+        )
     device = start_process_group(cfg, ranks)
     try:
         data_tok_s, tokenizer = None, None
         if opts.data == "real" or opts.data_seconds > 0:
             tokenizer = shared_tokenizer(cfg, ranks)
-            cfg = resolve_vocab(cfg, tokenizer.get_vocab_size())
+            if opts.data == "real" or cfg.model.vocab_size is None:  # synthetic tokens fit any model vocabulary
+                cfg = resolve_vocab(cfg, tokenizer.get_vocab_size())
             if opts.data_seconds > 0:
                 timing_start = time.time()
                 data_tok_s = measure_data_path(cfg, tokenizer, opts.data_seconds)
                 job_start += time.time() - timing_start  # the measurement is not part of a training job's start
+        if ranks.is_main:  # a large model takes a while to build and compile: say what is going on
+            first = " (the first compiles)" if cfg.trainer.compile else ""
+            where = f"{ranks.world_size} x {env.device_name(device)}"
+            size = f"{models.num_params(cfg.model) / 1e6:,.1f}M"
+            msg = f"bench: building {size} parameters on {where}, then {total} steps"
+            print(msg + first, file=sys.stderr, flush=True)
         run = build_training(cfg, Path(os.devnull), ranks, device)
         if opts.data == "synthetic":
             batches = _synthetic(cfg, device, ranks.rank)
@@ -226,8 +237,8 @@ def format_table(r: dict) -> str:
         ("tokens/s, all devices", f"{r['tokens_per_s']:,.0f}"),
         ("MFU", mfu),
         ("step time", f"{1e3 * r['step_time_s']:.1f} ms (spread {100 * r['step_time_spread']:.1f}%)"),
-        ("peak memory", f"{num(r['peak_memory_gib'], '.1f')} GiB"),
-        ("compile (first step minus a steady one)", f"{r['compile_s']:.1f} s"),
+        ("peak memory", "-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f} GiB"),
+        ("compile (first step minus a steady one)", f"{r['compile_s']:.1f} s" if r["compile"] else "- (off)"),
         ("time to first step", f"{r['time_to_first_step_s']:.1f} s"),
         (
             "data path, CPU, this process",

@@ -85,6 +85,8 @@ def _bench(args: argparse.Namespace) -> None:
     import sys
 
     from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     from .bench import BenchOptions, bench, format_table
     from .cli import CONFIG_DIR  # also registers the schemas and resolvers
@@ -95,7 +97,7 @@ def _bench(args: argparse.Namespace) -> None:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
             cfg = to_train_config(compose("train", overrides=[f"+experiment={args.preset}", *args.overrides]))
         result = bench(cfg, opts)
-    except ValueError as e:
+    except (ValueError, HydraException, OmegaConfBaseException) as e:  # as `train`: one line naming the problem
         print(f"anytrain bench: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     from . import env
@@ -148,18 +150,29 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("lr-report", help="table and overlaid curves of the LR finder runs of a multirun")
     p.add_argument("multirun_dir", help="the folder of a `train -m +experiment=lr_find ...` sweep")
     p.set_defaults(func=_lr_report)
-    p = sub.add_parser("bench", help="tokens/s, MFU, memory, compile time of a training config (default llama-1b)")
+    p = sub.add_parser(
+        "bench",
+        help="tokens/s, MFU, memory, compile time of a training config (default llama-1b)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("overrides", nargs="*", help="config overrides as for `train`, e.g. trainer.micro_batch=16")
     p.add_argument("--preset", default="bench", help="the experiment composed first (configs/experiment/NAME)")
     p.add_argument("--steps", type=int, default=20, help="steady-state steps measured")
     p.add_argument("--warmup", type=int, default=5, help="steps left out of the medians (compile, autotune)")
-    p.add_argument("--data", choices=["synthetic", "real"], default="synthetic")
+    p.add_argument(
+        "--data", choices=["synthetic", "real"], default="synthetic", help="random tokens on the device, or the corpus"
+    )
     p.add_argument("--accum", type=int, default=1, help="micro-batches per step")
     p.add_argument("--data-seconds", type=float, default=3.0, help="time the CPU data path this long (0: skip)")
     p.add_argument("--profile", type=int, default=0, help="then profile this many steps and print the top operators")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=_bench)
-    args = parser.parse_args(argv)
+    # Overrides may come before and after the options (argparse alone takes only one run of positionals).
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "bench" and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.func(args)
 
 

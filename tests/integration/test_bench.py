@@ -42,23 +42,35 @@ def test_bench_on_real_data_reports_throughput_and_the_data_path(compose, tok_ca
 
 def test_bench_cli_compiled_json(tmp_path, tok_cache):
     """The console path, with torch.compile of the blocks and of the loss's chunk softmax."""
+    # Overrides on both sides of the options; synthetic tokens fit a model vocabulary (256) below the tokenizer's
+    # (512), which is built only to time the data path.
     out = subprocess.run(
-        [sys.executable, "-m", "trainer.tools", "bench", *TINY, tok_cache, "model.vocab_size=512",
-         "trainer.compile=true", "--steps", "2", "--warmup", "1", "--data-seconds", "0", "--json"],
+        [sys.executable, "-m", "trainer.tools", "bench", *TINY, tok_cache, "trainer.compile=true",
+         "--steps", "2", "--warmup", "1", "--data-seconds", "0.3", "--json", "model.vocab_size=256"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    assert r["compile"] is True and r["compile_s"] > 0 and r["data_path_tokens_per_s"] is None
+    assert r["compile"] is True and r["compile_s"] > 0 and r["data_path_tokens_per_s"] > 0
     assert r["tokens_per_s_per_device"] > 0 and len(r["losses"]) == 3
+    assert r["losses"][0] == pytest.approx(5.55, abs=0.3)  # ~ln(256)
+    assert "bench: building" in out.stderr  # a sign of life before the long first step
 
 
-def test_bench_rejects_bad_options_clearly(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "trainer.tools", "bench", "model=debug", "--data-seconds", "0"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-    )  # fmt: skip
-    assert out.returncode == 2 and "model.vocab_size" in out.stderr
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["model=debug", "--data-seconds", "0"], "synthetic tokens need a model.vocab_size"),
+        (["model.dimm=3"], "Could not override 'model.dimm'"),  # Hydra's own error, as one message
+        (["--preset", "nope"], "experiment/nope"),
+        (["--steps", "1"], "steps >= 2"),
+    ],
+)
+def test_bench_rejects_bad_input_clearly(tmp_path, args, says):
+    cmd = [sys.executable, "-m", "trainer.tools", "bench", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 2 and says in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_warm_up_steps_stay_out_of_the_median(compose, tok_cache, monkeypatch):
