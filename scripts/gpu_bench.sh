@@ -9,15 +9,9 @@ set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}
 RUNS=/tmp/bench_runs
 DEADLINE=${DEADLINE:-420}
-# EXTRA: overrides put before every variant's own (a dry run on the CPU: EXTRA="model.dim=64 ... trainer.device=cpu")
 mkdir -p "$OUT" "$RUNS"
-read -ra EXTRA_ARGS <<< "${EXTRA:-}"
-if [[ -z ${EXTRA:-} ]]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-fi
-export PYTHONPATH=$PWD:/tmp/site:$PWD/.gpu/site PYTHONUNBUFFERED=1 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
-export TOKENIZERS_PARALLELISM=true PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+# shellcheck source=scripts/device_setup.sh
+source scripts/device_setup.sh
 python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 

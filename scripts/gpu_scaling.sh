@@ -8,12 +8,8 @@ OUT=${OUT:-/tmp/gpu_out}
 RUNS=/tmp/scaling_runs
 NPROC=${NPROC:-4}
 mkdir -p "$OUT" "$RUNS"
-read -ra EXTRA_ARGS <<< "${EXTRA:-}"
-if [[ -z ${EXTRA:-} ]]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-fi
-export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+# shellcheck source=scripts/device_setup.sh
+source scripts/device_setup.sh
 B=(--warmup 3 --steps 12 --data-seconds 0 --json)
 bench() {  # name, launcher words..., -- overrides...
   local name=$1; shift
