@@ -118,6 +118,7 @@ def bench(cfg: TrainConfig, opts: BenchOptions, ranks: env.Ranks | None = None) 
             "tokenizer it builds sets it"
         )
     device = start_process_group(cfg, ranks)
+    run = batches = prefetcher = None
     try:
         data_tok_s, tokenizer = None, None
         if opts.data == "real" or opts.data_seconds > 0:
@@ -139,12 +140,15 @@ def bench(cfg: TrainConfig, opts: BenchOptions, ranks: env.Ranks | None = None) 
             batches = _synthetic(cfg, device, ranks.rank)
         else:
             stream = data.build_stream(cfg.data, tokenizer, "train", t.micro_batch, ranks.rank, ranks.world_size)
-            batches = iter(data.Prefetcher(stream, cfg.data.prefetch, pin=env.can_pin_memory(device)))
+            prefetcher = data.Prefetcher(stream, cfg.data.prefetch, pin=env.can_pin_memory(device))
+            batches = iter(prefetcher)
         with env.attention_kernels(cfg.trainer.attention_kernels):
             return _measure(run, batches, opts, job_start, data_tok_s)
     finally:
-        if env.distributed():
-            dist.destroy_process_group()
+        if prefetcher is not None:
+            prefetcher.close()
+        run = batches = prefetcher = None  # the model goes before the process group: see env.end_distributed
+        env.end_distributed()
 
 
 def _measure(

@@ -3,6 +3,7 @@ FLOP/s, memory, synchronisation. The rest of the code asks this module and never
 torchrun/mpiexec/srun itself.
 """
 
+import gc
 import os
 import socket
 import subprocess
@@ -180,6 +181,16 @@ def init_distributed(ranks: Ranks, device: torch.device, backend: str, store: di
 def distributed() -> bool:
     """Whether a process group is running (false for a single process)."""
     return dist.is_available() and dist.is_initialized()
+
+
+def end_distributed() -> None:
+    """Destroy the process group, if any, after collecting what of the job is garbage by now. Drop the model first:
+    DDP's C++ reducer holds the group and is freed without releasing the GIL, so were it the group's last holder,
+    freeing it would join gloo's worker threads while one of them waits for the GIL to free a finished collective's
+    tensors, and the process would hang at exit (pytorch/pytorch#56297)."""
+    if distributed():
+        gc.collect()
+        dist.destroy_process_group()
 
 
 def cpu_group(dedicated: bool = False) -> dist.ProcessGroup | None:

@@ -4,6 +4,7 @@ import hashlib
 import itertools
 import math
 import time
+import traceback
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -265,11 +266,14 @@ def fit(cfg: TrainConfig, run_dir: str | Path, ranks: env.Ranks | None = None, s
                 return find_lr(run)
             with Preemption() as preemption:
                 return _train(run, job_start, preemption)
+    except BaseException as e:
+        traceback.clear_frames(e.__traceback__)  # the failed frames hold the model: it goes before the process group
+        raise
     finally:
         if run is not None and run.train_stream is not None:
             run.train_stream.close()  # the read-ahead thread, also when a multirun goes on to its next job
-        if env.distributed():
-            dist.destroy_process_group()
+        run = None  # the model goes before the process group: see env.end_distributed
+        env.end_distributed()
 
 
 def find_lr(run: Run) -> dict:

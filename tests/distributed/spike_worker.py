@@ -4,7 +4,6 @@ import json
 import sys
 
 import torch
-import torch.distributed as dist
 from hydra import compose, initialize_config_dir
 
 import trainer.cli  # noqa: F401  (schema and resolvers)
@@ -32,4 +31,5 @@ unchanged = all(torch.equal(v, run.model.state_dict()[k]) for k, v in before.ite
 result = {"rank": ranks.rank, "unchanged": unchanged, "skipped": run.spikes.read()[0]}
 with open(f"{run_dir}/spike-rank{ranks.rank}.json", "w") as f:  # one file per rank: stdout lines can interleave
     json.dump(result, f)
-dist.destroy_process_group()
+del run, stream  # the DDP model goes before the process group (env.end_distributed says why)
+env.end_distributed()

@@ -191,3 +191,24 @@ def test_a_failure_on_rank_zero_reaches_every_rank_at_once(tmp_path):
     results = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
     assert results[0] == ["OSError: disk full", "ok"]
     assert results[1][0].startswith("PeerFailed: another rank failed") and results[1][1] == "ok"
+
+
+@pytest.mark.parametrize("mode", ["fit", "fit-fails", "bench"])
+def test_the_model_is_gone_before_the_process_group(mode, tmp_path, tok_cache):
+    """DDP's reducer must not be the group's last holder: freeing it then joins gloo's threads with the GIL held,
+    and the job hangs at exit now and then (it did in CI). So no DDP module may be alive at destroy_process_group,
+    also when training fails."""
+    worker = Path(__file__).parent / "teardown_worker.py"
+    config_dir = Path(__file__).resolve().parents[2] / "configs"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_"))}
+    env["OMP_NUM_THREADS"] = "1"
+    overrides = [*PARITY, tok_cache, "parallel=ddp", "trainer.max_steps=3", "trainer.compile=false"]
+    r = subprocess.run(
+        [*torchrun(2), str(worker), mode, str(config_dir), str(tmp_path), *overrides],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [json.loads((tmp_path / f"teardown-rank{i}.json").read_text()) for i in (0, 1)] == [[0], [0]]
