@@ -14,6 +14,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -144,6 +145,9 @@ def bench(cfg: TrainConfig, opts: BenchOptions, ranks: env.Ranks | None = None) 
             batches = iter(prefetcher)
         with env.attention_kernels(cfg.trainer.attention_kernels):
             return _measure(run, batches, opts, job_start, data_tok_s)
+    except BaseException as e:
+        traceback.clear_frames(e.__traceback__)  # the failed frames hold the model: it goes before the process group
+        raise
     finally:
         if prefetcher is not None:
             prefetcher.close()

@@ -1,5 +1,5 @@
-"""Run under torchrun: `fit`, `fit-fails` (every rank raises in its third step) or `bench`, with DDP. Records how
-many DDP modules are alive when the process group is destroyed."""
+"""Run under torchrun: `fit` or `bench`, each also as `-fails` (every rank raises in its third step), with DDP.
+Records how many DDP modules are alive when the process group is destroyed."""
 
 import gc
 import json
@@ -9,6 +9,7 @@ import torch.distributed as dist
 from hydra import compose, initialize_config_dir
 from torch.nn.parallel import DistributedDataParallel
 
+import trainer.bench
 import trainer.cli  # noqa: F401  (schema and resolvers)
 import trainer.loop
 from trainer import env
@@ -30,9 +31,7 @@ def recording_destroy(*args, **kwargs):
 
 dist.destroy_process_group = recording_destroy
 ranks = env.discover_ranks()
-if mode == "fit":
-    fit(cfg, run_dir, ranks)
-elif mode == "fit-fails":
+if mode.endswith("-fails"):
     step = trainer.loop.train_step
 
     def failing_step(run, batches, *args, **kwargs):
@@ -40,12 +39,13 @@ elif mode == "fit-fails":
             raise OSError("disk gone")
         return step(run, batches, *args, **kwargs)
 
-    trainer.loop.train_step = failing_step
-    try:
+    trainer.loop.train_step = trainer.bench.train_step = failing_step
+try:
+    if mode.startswith("fit"):
         fit(cfg, run_dir, ranks)
-    except OSError:
-        pass
-else:
-    bench(cfg, BenchOptions(steps=2, warmup=1, data="real", accum=1, data_seconds=0.0, profile=0), ranks)
+    else:
+        bench(cfg, BenchOptions(steps=2, warmup=1, data="real", accum=1, data_seconds=0.0, profile=0), ranks)
+except OSError:
+    assert mode.endswith("-fails")
 with open(f"{run_dir}/teardown-rank{ranks.rank}.json", "w") as f:
     json.dump(alive_at_destroy, f)

@@ -193,7 +193,7 @@ def test_a_failure_on_rank_zero_reaches_every_rank_at_once(tmp_path):
     assert results[1][0].startswith("PeerFailed: another rank failed") and results[1][1] == "ok"
 
 
-@pytest.mark.parametrize("mode", ["fit", "fit-fails", "bench"])
+@pytest.mark.parametrize("mode", ["fit", "fit-fails", "bench", "bench-fails"])
 def test_the_model_is_gone_before_the_process_group(mode, tmp_path, tok_cache):
     """DDP's reducer must not be the group's last holder: freeing it then joins gloo's threads with the GIL held,
     and the job hangs at exit now and then (it did in CI). So no DDP module may be alive at destroy_process_group,
