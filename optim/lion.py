@@ -9,9 +9,14 @@ Elementwise only, so it works unchanged on DTensor shards (FSDP2) and replicated
 leaves every parameter unchanged (the decay is multiplied by lr too).
 """
 
+from dataclasses import dataclass, field
+
 import torch
+from torch import nn
 from torch.optim import Optimizer
 
+from .groups import param_groups
+from .registry import OptimConfig, register, validate_betas
 from .skip import keep_unless
 
 
@@ -52,3 +57,23 @@ class Lion(Optimizer):
                     keep_unless(skip, p, p * (1 - lr * wd) - lr * update)
                     keep_unless(skip, m, m.lerp(p.grad, 1 - beta2))
         return loss
+
+
+@register("lion")
+@dataclass
+class LionConfig(OptimConfig):
+    """LR about 3x below AdamW's and weight decay 3x above it, so that lr x weight_decay (the per-step shrink)
+    stays the same. No epsilon and no fused kernel."""
+
+    name: str = "lion"
+    lr: float = 1e-4
+    weight_decay: float = 0.3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    """(interpolation beta1, momentum beta2)."""
+
+    def validate(self) -> None:
+        super().validate()
+        validate_betas(self.betas)
+
+    def build(self, model: nn.Module) -> torch.optim.Optimizer:
+        return Lion(param_groups(model, self.weight_decay), lr=self.lr, betas=tuple(self.betas))

@@ -26,11 +26,16 @@ momentum (replicated FLOPs, no extra communication). A step with lr = 0 leaves e
 """
 
 import math
+from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.adamw import adamw as _functional_adamw
 
+from .adamw import AdamWConfig
+from .groups import muon_params, param_groups
+from .registry import register
 from .skip import keep_unless
 
 try:  # torch >= 2.9 ships Muon; reuse its constants where it exists
@@ -201,3 +206,72 @@ class Muon(Optimizer):
             maximize=False,
             found_inf=skip if fused else None,  # the fused kernel skips params and state on the flag
         )
+
+
+ADJUST_LR = ("original", "match_rms_adamw", "none")
+
+
+@register("muon")
+@dataclass
+class MuonConfig(AdamWConfig):
+    """Muon for the hidden matrices; AdamW (lr, betas, eps, weight_decay, fused) for embeddings, the output head,
+    norms and biases."""
+
+    name: str = "muon"
+    lr: float = 3e-4  # the AdamW part's
+    muon_lr: float = 0.02
+    """Peak LR of the hidden matrices (scaled per matrix by muon_adjust_lr; the schedule multiplies it)."""
+    muon_momentum: float = 0.95
+    """Momentum of the gradient EMA that is orthogonalised."""
+    muon_nesterov: bool = True
+    """Orthogonalise the Nesterov look-ahead (g lerp'ed towards the momentum) instead of the momentum."""
+    muon_ns_steps: int = 5
+    """Newton–Schulz steps (5 gives singular values in about [0.7, 1.2]; more cost more FLOPs)."""
+    muon_ns_dtype: str = "auto"
+    """Dtype of the Newton–Schulz iteration: "bf16", "fp32", or "auto" (bf16 on accelerators, fp32 on CPU)."""
+    muon_weight_decay: float = 0.0
+    """Decoupled weight decay of the hidden matrices, multiplied by muon_lr (0.02 x 0.1 would shrink them 0.2% per
+    step, far more than AdamW's lr x weight_decay). weight_decay applies to the AdamW part's matrices only."""
+    muon_adjust_lr: str = "original"
+    """Per-matrix LR scale for an (A, B) matrix: "original" sqrt(max(1, A/B)), "match_rms_adamw" 0.2 sqrt(max(A, B))
+    (then muon_lr and muon_weight_decay can be AdamW's values), or "none"."""
+    muon_exclude: list[str] = field(default_factory=lambda: ["output"])
+    """Names of nn.Linear modules (a dotted name or any suffix of one, e.g. "output", "lm_head") whose weights go to
+    AdamW instead; embedding tables, tied heads, norms and biases always do. A name matching nothing is an error."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.muon_lr <= 0:
+            raise ValueError(f"optim.muon_lr must be positive, got {self.muon_lr}")
+        if self.muon_ns_steps < 1:
+            raise ValueError(f"optim.muon_ns_steps must be >= 1, got {self.muon_ns_steps}")
+        if self.muon_ns_dtype not in ("auto", *NS_DTYPES):
+            raise ValueError(f"optim.muon_ns_dtype must be auto, bf16 or fp32, got {self.muon_ns_dtype!r}")
+        if self.muon_adjust_lr not in ADJUST_LR:
+            raise ValueError(f"optim.muon_adjust_lr must be one of {ADJUST_LR}, got {self.muon_adjust_lr!r}")
+        if not 0.0 <= self.muon_momentum < 1.0 or self.muon_weight_decay < 0:
+            raise ValueError(
+                f"optim.muon_momentum must be in [0, 1) and optim.muon_weight_decay >= 0, got {self.muon_momentum} "
+                f"and {self.muon_weight_decay}"
+            )
+
+    def build(self, model: nn.Module) -> torch.optim.Optimizer:
+        ns_dtype = self.muon_ns_dtype
+        if ns_dtype == "auto":
+            ns_dtype = "fp32" if next(model.parameters()).device.type == "cpu" else "bf16"
+        matrices = muon_params(model, list(self.muon_exclude))
+        # The Muon group comes first, so the trainer's logged lr (the first group's) is muon_lr's schedule.
+        muon_group = {
+            "params": matrices,
+            "use_muon": True,
+            "lr": self.muon_lr,
+            "weight_decay": self.muon_weight_decay,
+            "momentum": self.muon_momentum,
+            "nesterov": self.muon_nesterov,
+            "ns_steps": self.muon_ns_steps,
+            "ns_dtype": ns_dtype,
+            "adjust_lr": self.muon_adjust_lr,
+        }
+        rest = param_groups(model, self.weight_decay, exclude={id(p) for p in matrices})
+        groups = ([muon_group] if matrices else []) + rest
+        return Muon(groups, lr=self.lr, betas=tuple(self.betas), eps=self.eps, fused=self.use_fused(model))

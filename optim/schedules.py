@@ -5,9 +5,20 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import ScheduleConfig
-
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"
+    """LR schedule after linear warmup: "cosine", "linear" (decay to the floor over the rest of the run),
+    "wsd" (warmup, stable, then linear decay over the final `decay_ratio` of the steps) or "constant"."""
+    warmup_steps: int = 20
+    """Steps of linear warmup from lr / warmup_steps to lr. Longer than the run is an error, never clamped."""
+    decay_ratio: float = 0.2
+    """wsd only: fraction of all steps spent in the final decay."""
+    min_lr_factor: float = 0.1
+    """Floor of the decay as a fraction of the peak lr."""
 
 
 @dataclass(frozen=True)

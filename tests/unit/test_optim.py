@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from models import ModelConfig, build_model
-from optim import OptimConfig, build_optimizer, param_groups
+from optim import AdamWConfig, build_optimizer, param_groups
 
 
 def model(tied: bool):
@@ -24,8 +24,8 @@ def test_no_decay_for_norms_and_embeddings(tied):
 
 
 def test_adamw_groups_and_errors():
-    opt = build_optimizer(OptimConfig(lr=1e-3, weight_decay=0.05), model(False))
+    opt = build_optimizer(AdamWConfig(lr=1e-3, weight_decay=0.05), model(False))
     assert isinstance(opt, torch.optim.AdamW)
     assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
-    with pytest.raises(ValueError, match="optim.name"):
-        build_optimizer(OptimConfig(name="sgdx"), model(False))
+    with pytest.raises(ValueError, match="optim.betas"):
+        build_optimizer(AdamWConfig(betas=[0.9, 1.5]), model(False))

@@ -8,7 +8,18 @@ import torch
 from torch import nn
 
 from models import ModelConfig, build_model
-from optim import OPTIMIZERS, Lion, Muon, OptimConfig, build_optimizer, muon_params, zeropower_newton_schulz
+from optim import (
+    OPTIMIZERS,
+    AdamWConfig,
+    Lion,
+    LionConfig,
+    Muon,
+    MuonConfig,
+    build_optimizer,
+    config_class,
+    muon_params,
+    zeropower_newton_schulz,
+)
 from optim.muon import NS_COEFFICIENTS, adjusted_lr
 
 SHAPES = [(64, 64), (128, 32), (32, 128), (96, 160), (200, 200)]
@@ -101,7 +112,8 @@ def test_lion_minimises_a_quadratic():
 def test_a_zero_lr_step_changes_no_parameter(name, tied):
     """DCP initialises optimizer state by a step with lr = 0: decay and Muon's update must vanish with it."""
     m = model(tied)
-    opt = build_optimizer(OptimConfig(name=name, weight_decay=0.5, muon_weight_decay=0.5), m)
+    extra = {"muon_weight_decay": 0.5} if name == "muon" else {}
+    opt = build_optimizer(config_class(name)(weight_decay=0.5, **extra), m)
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
     for p in m.parameters():
         p.grad = torch.randn_like(p)
@@ -125,7 +137,7 @@ def _names(m, params):
 @pytest.mark.parametrize("tied", [False, True])
 def test_muon_routing(tied):
     m = model(tied)
-    opt = build_optimizer(OptimConfig(name="muon", lr=1e-3, muon_lr=0.05, weight_decay=0.1), m)
+    opt = build_optimizer(MuonConfig(lr=1e-3, muon_lr=0.05, weight_decay=0.1), m)
     assert isinstance(opt, Muon)
     muon_group, *adam_groups = opt.param_groups
     assert muon_group["use_muon"] and muon_group["lr"] == 0.05 and not any(g["use_muon"] for g in adam_groups)
@@ -164,10 +176,33 @@ def test_muon_exclusion_by_module_name_and_wrappers():
 
 
 def test_unknown_optimizer_names_the_choices():
-    with pytest.raises(ValueError, match="adamw.*muon.*lion"):
-        build_optimizer(OptimConfig(name="sophia"), model())
-    with pytest.raises(ValueError, match="muon_ns_dtype"):
-        build_optimizer(OptimConfig(name="muon", muon_ns_dtype="fp8"), model())
+    with pytest.raises(ValueError, match=r"optim.name must be one of \('adamw', 'lion', 'muon'\), got 'sophia'"):
+        config_class("sophia")
+    with pytest.raises(ValueError, match="optim.name='lion' does not match"):
+        build_optimizer(AdamWConfig(name="lion"), model())
+
+
+@pytest.mark.parametrize(
+    "cfg, says",
+    [
+        (MuonConfig(muon_ns_dtype="fp8"), "muon_ns_dtype"),
+        (MuonConfig(muon_lr=0.0), "muon_lr must be positive"),
+        (MuonConfig(muon_adjust_lr="sqrt"), "muon_adjust_lr"),
+        (AdamWConfig(lr=-1.0), "optim.lr must be positive"),
+        (AdamWConfig(weight_decay=-0.1), "optim.weight_decay must be >= 0"),
+        (LionConfig(grad_clip=-1.0), "optim.grad_clip must be >= 0"),
+        (LionConfig(betas=[0.9]), "optim.betas must be two values"),
+        (AdamWConfig(eps=0.0), "optim.eps must be positive"),
+    ],
+)
+def test_each_optimizer_checks_its_own_fields_without_a_model(cfg, says):
+    with pytest.raises(ValueError, match=says):
+        cfg.validate()
+
+
+def test_each_optimizer_has_its_own_fields():
+    assert not hasattr(LionConfig(), "eps") and not hasattr(AdamWConfig(), "muon_lr")
+    assert [config_class(n)().name for n in OPTIMIZERS] == list(OPTIMIZERS)
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
@@ -176,7 +211,7 @@ def test_state_dict_round_trip_continues_identically(name):
     torch.manual_seed(0)
     a, b = model(), model()
     b.load_state_dict(a.state_dict())
-    cfg = OptimConfig(name=name, lr=1e-3)
+    cfg = config_class(name)(lr=1e-3)
     opt_a, opt_b = build_optimizer(cfg, a), build_optimizer(cfg, b)
     x = torch.randint(0, 50, (2, 9))
     for _ in range(2):
