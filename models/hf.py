@@ -6,7 +6,6 @@ RMSNorm on q and k before RoPE, which is exactly anytrain's qk_norm).
 """
 
 import math
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -233,8 +232,3 @@ def from_hf_config(hf: dict[str, Any]) -> ModelConfig:
     except ValueError as e:
         raise HFConversionError(f"config.json describes a model anytrain cannot build: {e}") from e
     return cfg
-
-
-def as_half(cfg: ModelConfig) -> ModelConfig:
-    """cfg as the exported model sees it (rotate_half RoPE)."""
-    return replace(cfg, rope_style="half")

@@ -21,7 +21,7 @@ bench() {  # name, timeout, args...
   local name=$1 limit=$2; shift 2
   if (( SECONDS > DEADLINE )); then echo "=== $name skipped (deadline)"; return; fi
   echo "=== $name (t=${SECONDS}s)"
-  timeout "$limit" python3 -m trainer.tools bench "${EXTRA_ARGS[@]}" "$@" > "$RUNS/$name.json" 2> "$RUNS/$name.log"
+  timeout "$limit" "$ANYTRAIN" bench "${EXTRA_ARGS[@]}" "$@" > "$RUNS/$name.json" 2> "$RUNS/$name.log"
   echo "exit $? ($name)"; tail -c 400 "$RUNS/$name.json"; echo
   grep -i -m3 -E "recompil|error|out of memory" "$RUNS/$name.log"
 }

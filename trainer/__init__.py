@@ -1,1 +1,34 @@
-"""The trainer: composes models, data and optim into a run."""
+"""The trainer: composes models, data and optim into a run.
+
+Layout: `cli/` (the `train` and `anytrain` commands), `config.py` (the schema of a run), `run.py` (building a run)
+and `loop.py` (training it), `distributed/` (ranks, devices, process group, collectives, parallel plans),
+`checkpointing/`, `interop/` (Hugging Face and safetensors), `cluster/` (job scripts, watchdog) and `tools/` (LR
+finder, bench, reports); `metrics.py`, `spikes.py` and `preemption.py` are the loop's collaborators.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+
+def _check_siblings() -> None:
+    """models, data and optim must be the ones installed next to this package. `python -m ...` (and a PYTHONPATH
+    that holds ".") puts the current directory first on sys.path, where a research directory's own data.py or
+    models/ would be imported in their place: stop with one line instead of training with someone else's module."""
+    home = Path(__file__).resolve().parent.parent
+    for name in ("models", "data", "optim"):
+        spec = importlib.util.find_spec(name)  # finds without importing (nothing of the other module runs)
+        origin = spec.origin if spec is not None else None
+        if origin is None or Path(origin).resolve().parent.parent != home:
+            found = origin or (list(spec.submodule_search_locations)[0] if spec else "nothing")
+            print(
+                f"error: `import {name}` finds {found}, not anytrain's {home / name}: a module of that name in the "
+                f"current directory (or on PYTHONPATH) shadows it. Use the `train` / `anytrain` commands (also under "
+                f"torchrun --no-python, mpiexec and srun), which do not put the current directory on sys.path, or "
+                f"run from another directory",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+
+
+_check_siblings()

@@ -1,35 +1,34 @@
 """The run's configuration: one dataclass per config group, registered as Hydra's schema.
 
-Group configs live with their builders (`models.ModelConfig`, `data.DataConfig`, `optim.OptimConfig`,
-`optim.ScheduleConfig`); the trainer's own groups are defined here. Every field is documented once, in its dataclass.
+Group configs live with their builders (`models.ModelConfig`, `data.DataConfig`, one config class per optimizer in
+`optim/`, `optim.ScheduleConfig`, and the trainer's own next to the code that reads them). Every field is documented
+once, in its dataclass, and every default lives there: the YAML files of configs/ hold only what differs.
 """
 
 from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from data.config import DataConfig, validate_data_config
 from models.config import ModelConfig, validate_model_config
-from optim.config import OptimConfig, ScheduleConfig
-from optim.schedules import schedule_phases
+from optim import OPTIMIZERS, OptimConfig, ScheduleConfig, config_class, schedule_phases
 
-from . import env
-from .checkpoint import CheckpointConfig
-from .launcher import LauncherConfig
+from .checkpointing import CheckpointConfig
+from .cluster.launcher import LauncherConfig
+from .distributed.devices import ATTENTION_KERNELS
+from .distributed.parallel import ParallelConfig, validate_parallel
 from .lr_finder import LRFinderConfig, validate_finder
 from .spikes import SpikeConfig, validate_skip_ranges, validate_spikes
-
-PLANS = ("single", "ddp", "fsdp", "hsdp")
 
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 200
+    max_steps: int = 150
     """Optimizer steps of the run."""
     global_batch: int = 16
     """Sequences per optimizer step, summed over all data-parallel ranks."""
-    micro_batch: int = 8
+    micro_batch: int = 16
     """Sequences per rank per micro-step; gradient accumulation = global_batch / (micro_batch * data-parallel ranks)."""
     eval_every: int = 50
     """Evaluate the held-out loss every this many steps and at the last step; 0 evaluates only at the end."""
@@ -67,30 +66,6 @@ class TrainerConfig:
 
 
 @dataclass
-class ParallelConfig:
-    plan: str = "single"
-    """"single" (one process), "ddp" (replicated model, gradients all-reduced), "fsdp" (FSDP2 fully_shard per block
-    and at the root) or "hsdp" (fully_shard on a replicate x shard device mesh)."""
-    backend: str = "auto"
-    """Collective backend: "auto" (nccl on CUDA and ROCm, xccl on XPU, gloo on CPU) or a name torch knows."""
-    dp_replicate: int = 1
-    """hsdp only: number of replicas; each shards the model over world_size / dp_replicate ranks."""
-    reshard_after_forward: bool = True
-    """fsdp/hsdp: free gathered parameters after forward (less memory, one more all-gather in backward)."""
-    mp_param_dtype: str | None = None
-    """fsdp/hsdp: dtype parameters are gathered and computed in ("bf16" or "fp32"). None follows trainer.precision
-    (bf16 on accelerators). Master weights and optimizer state stay fp32 either way."""
-    mp_reduce_dtype: str = "fp32"
-    """fsdp/hsdp: dtype of the gradient reduce-scatter."""
-    activation_checkpoint: str = "none"
-    """"none", or "full": recompute whole blocks in backward (every `ac_every`-th block)."""
-    ac_every: int = 1
-    """With activation_checkpoint=full: checkpoint blocks 0, k, 2k, ... (1 checkpoints all)."""
-    timeout_s: float = 1800.0
-    """Seconds a collective (and the start-up rendezvous) may wait before the job fails."""
-
-
-@dataclass
 class LoggerConfig:
     name: str = "none"
     """"wandb" logs to Weights & Biases as well as the console and metrics.jsonl; "none" does not."""
@@ -108,7 +83,8 @@ class LoggerConfig:
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: OptimConfig = MISSING
+    """The optimizer group's config class (AdamWConfig, MuonConfig, ...): picked by `optim=NAME`, adamw by default."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -119,8 +95,12 @@ class TrainConfig:
 
 
 def register_schemas() -> None:
-    """Make the dataclasses the schema of configs/train.yaml, so that unknown keys and wrong types are rejected."""
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    """Make the dataclasses the schema of configs/train.yaml, so that unknown keys and wrong types are rejected.
+    Each optimizer's class becomes the schema of configs/optim/NAME.yaml (its defaults list names schema/NAME)."""
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    for name, cls in OPTIMIZERS.items():
+        store.store(group="optim/schema", name=name, node=cls)
 
 
 def to_train_config(cfg: DictConfig) -> TrainConfig:
@@ -133,14 +113,17 @@ def config_to_yaml(cfg: TrainConfig) -> str:
 
 
 def config_from_yaml(text: str) -> TrainConfig:
-    """Parse a resolved config (config.yaml of a run) against the schema."""
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(text)))
+    """Parse a resolved config (config.yaml of a run) against the schema, the optimizer's class chosen by its name."""
+    saved = OmegaConf.create(text)
+    typed = {"optim": OmegaConf.structured(config_class(OmegaConf.select(saved, "optim.name", default="adamw")))}
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), typed, saved))
 
 
 def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     """Cross-field rules that a schema cannot express. Raises ValueError naming the field and the fix."""
     validate_model_config(cfg.model)
     validate_data_config(cfg.data)
+    cfg.optim.validate()
     t = cfg.trainer
     for name in ("max_steps", "global_batch", "micro_batch", "log_every", "eval_batches"):
         if getattr(t, name) <= 0:
@@ -155,32 +138,16 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
         )
     if t.init_device not in ("cpu", "device"):
         raise ValueError(f"trainer.init_device must be cpu or device, got {t.init_device!r}")
-    unknown = [k for k in t.attention_kernels or [] if k not in env.ATTENTION_KERNELS]
+    unknown = [k for k in t.attention_kernels or [] if k not in ATTENTION_KERNELS]
     if unknown:
-        raise ValueError(f"trainer.attention_kernels has {unknown}: choose from {list(env.ATTENTION_KERNELS)}")
+        raise ValueError(f"trainer.attention_kernels has {unknown}: choose from {list(ATTENTION_KERNELS)}")
     if t.precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"trainer.precision must be auto, bf16 or fp32, got {t.precision!r}")
     if cfg.data.seq_len > cfg.model.max_seq_len:
         raise ValueError(
             f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}: raise the latter"
         )
-    p = cfg.parallel
-    if p.plan not in PLANS:
-        raise ValueError(f"parallel.plan must be one of {PLANS}, got {p.plan!r}")
-    if p.plan == "single" and world_size > 1:
-        raise ValueError(f"parallel.plan=single cannot run on {world_size} ranks: choose parallel=ddp, fsdp or hsdp")
-    if p.plan == "hsdp" and (p.dp_replicate < 1 or world_size % p.dp_replicate):
-        raise ValueError(
-            f"parallel.dp_replicate={p.dp_replicate} must divide the {world_size} ranks for hsdp (replicate x shard)"
-        )
-    if p.activation_checkpoint not in ("none", "full") or p.ac_every < 1:
-        raise ValueError(
-            f"parallel.activation_checkpoint must be none or full and parallel.ac_every >= 1, got "
-            f"{p.activation_checkpoint!r}, {p.ac_every}"
-        )
-    for name in ("mp_param_dtype", "mp_reduce_dtype"):
-        if getattr(p, name) not in (None, "bf16", "fp32"):
-            raise ValueError(f"parallel.{name} must be bf16 or fp32, got {getattr(p, name)!r}")
+    validate_parallel(cfg.parallel, world_size)
     streams = cfg.data.streams or world_size
     if streams % world_size == 0 and grad_accum_steps(cfg, world_size) % (streams // world_size):
         raise ValueError(

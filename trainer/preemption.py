@@ -2,10 +2,7 @@
 
 import signal
 
-import torch
-import torch.distributed as dist
-
-from . import env
+from . import distributed
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -22,7 +19,7 @@ class Preemption:
     def __enter__(self) -> "Preemption":
         for sig in SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
-        self._group = env.cpu_group()
+        self._group = distributed.cpu_group()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -34,7 +31,4 @@ class Preemption:
 
     def agreed(self) -> bool:
         """True on every rank when any rank has received a signal (a collective: call it on every rank)."""
-        flag = torch.tensor([1 if self.received is not None else 0])
-        if self._group is not None:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
-        return bool(flag.item())
+        return distributed.any_rank(self.received is not None, self._group)

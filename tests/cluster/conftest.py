@@ -3,10 +3,9 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-from ..conftest import REPO, TINY
+from ..conftest import REPO, TINY, TRAIN
 
 # 2 ranks of the tiny model with DDP: global batch 8 = micro-batch 4 x 2 ranks.
 JOB = [*TINY, "parallel=ddp", "trainer.eval_every=0", "trainer.log_every=1"]
@@ -24,7 +23,7 @@ def clean_env(**extra: str) -> dict:
 def train(overrides: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """`train OVERRIDES` as a user runs it (a fresh process: Hydra composes, the launcher renders/submits)."""
     r = subprocess.run(
-        [sys.executable, "-m", "trainer.cli", *overrides],
+        [*TRAIN, *overrides],
         cwd=cwd,
         env=env or clean_env(),
         capture_output=True,

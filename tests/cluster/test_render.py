@@ -1,6 +1,7 @@
 """Job scripts rendered from the launcher group: content, `bash -n`, shellcheck, and config errors that stop
 `train` before anything is submitted."""
 
+import shlex
 import shutil
 import subprocess
 import sys
@@ -8,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from trainer import cli, launcher
+from trainer.cli import train as cli
+from trainer.cluster import launcher
 from trainer.config import to_train_config
 
 from .conftest import JOB, clean_env, train
 
 SHELLCHECK = shutil.which("shellcheck")
+ENTRY = shlex.join(launcher.entry(sys.executable))  # `anytrain` started safely from the job's directory
 AURORA_BIND = "list:1-8:9-16:17-24:25-32:33-40:41-48:53-60:61-68:69-76:77-84:85-92:93-100"
 CONFIGS = {
     "slurm-default": ["launcher=slurm"],
@@ -102,11 +105,11 @@ def test_slurm_script_runs_srun_on_every_rank(compose, tmp_path):
         "CHAIN_MAX=5",
     ]:
         assert line in text.splitlines(), line
-    body = next(line for line in text.splitlines() if "trainer.tools run" in line)
-    assert body.startswith(f"{sys.executable} -m trainer.tools watchdog --idle-timeout 600 --retries 2 ")
+    body = next(line for line in text.splitlines() if ' run "$RUN_DIR"' in line)
+    assert body.startswith(f"{ENTRY} watchdog --idle-timeout 600 --retries 2 ")
     assert (
         f"-- srun --ntasks=16 --ntasks-per-node=4 --kill-on-bad-exit=1 --cpu-bind=cores --mpi=pmix --export=ALL "
-        f'{sys.executable} -m trainer.tools run "$RUN_DIR"'
+        f'{ENTRY} run "$RUN_DIR"'
     ) in body
     assert 'sbatch --parsable --dependency="afterany:$JOB_ID"' in text
     # the job start is taken before anything else runs
@@ -121,8 +124,7 @@ def test_aurora_profile_renders_mpiexec_with_the_cpu_bind_list(compose, tmp_path
     for line in ["#PBS -l select=8", "#PBS -l filesystems=home:flare", "#PBS -A MYPROJ", "#PBS -q prod"]:
         assert line in text.splitlines(), line
     assert (
-        f'mpiexec --envall --np 96 --ppn 12 --hostfile "$PBS_NODEFILE" --cpu-bind {AURORA_BIND} {sys.executable} '
-        f'-m trainer.tools run "$RUN_DIR"'
+        f'mpiexec --envall --np 96 --ppn 12 --hostfile "$PBS_NODEFILE" --cpu-bind {AURORA_BIND} {ENTRY} run "$RUN_DIR"'
     ) in text
     assert "export ZE_FLAT_DEVICE_HIERARCHY=FLAT" in text
     assert "watchdog" not in text  # off unless idle_timeout or max_retries is set

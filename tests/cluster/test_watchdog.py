@@ -7,9 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-from trainer import cli, watchdog
+from trainer.cli import train as cli
+from trainer.cluster import watchdog
 from trainer.config import to_train_config
 
+from ..conftest import ANYTRAIN
 from .conftest import JOB, clean_env, steps
 
 PY = sys.executable
@@ -38,7 +40,7 @@ def test_the_whole_process_group_is_killed(tmp_path):
 def test_output_keeps_the_command_alive_and_streams_through(tmp_path):
     script = "import time\nfor i in range(6):\n    print(i, flush=True); time.sleep(0.3)\n"
     r = subprocess.run(
-        [PY, "-m", "trainer.tools", "watchdog", "--idle-timeout", "1", "--", PY, "-c", script],
+        [*ANYTRAIN, "watchdog", "--idle-timeout", "1", "--", PY, "-c", script],
         capture_output=True,
         text=True,
         timeout=60,
@@ -66,9 +68,7 @@ def test_retries_stop_at_success_and_at_the_done_file(tmp_path):
 def test_cli_exit_code_is_124_after_the_idle_timeout():
     r = subprocess.run(
         [
-            PY,
-            "-m",
-            "trainer.tools",
+            *ANYTRAIN,
             "watchdog",
             "--idle-timeout",
             "0.5",
@@ -112,7 +112,7 @@ def freeze():
 threading.Thread(target=heartbeat, daemon=True).start()
 if first:
     threading.Thread(target=freeze, daemon=True).start()
-from trainer.tools import main
+from trainer.cli.anytrain import main
 main(["run", str(run_dir)])
 """
 
@@ -125,9 +125,7 @@ def test_a_hung_training_run_is_killed_and_the_retry_resumes_it(compose, tmp_pat
     (tmp_path / "hang.py").write_text(HANG)
     r = subprocess.run(
         [
-            PY,
-            "-m",
-            "trainer.tools",
+            *ANYTRAIN,
             "watchdog",
             "--idle-timeout",
             "3",

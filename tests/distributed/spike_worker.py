@@ -6,10 +6,11 @@ import sys
 import torch
 from hydra import compose, initialize_config_dir
 
-import trainer.cli  # noqa: F401  (schema and resolvers)
-from trainer import env
+import trainer.cli.train  # noqa: F401  (schema and resolvers)
+from trainer import distributed as env
+from trainer.build import build_run
 from trainer.config import to_train_config
-from trainer.loop import build_run, train_step
+from trainer.loop import train_step
 
 config_dir, run_dir, *overrides = sys.argv[1:]
 with initialize_config_dir(config_dir=config_dir, version_base=None):

@@ -9,13 +9,13 @@ import torch.distributed as dist
 from hydra import compose, initialize_config_dir
 from torch.nn.parallel import DistributedDataParallel
 
-import trainer.bench
-import trainer.cli  # noqa: F401  (schema and resolvers)
+import trainer.cli.train  # noqa: F401  (schema and resolvers)
 import trainer.loop
-from trainer import env
-from trainer.bench import BenchOptions, bench
+import trainer.tools.bench
+from trainer import distributed as env
 from trainer.config import to_train_config
 from trainer.loop import fit
+from trainer.tools.bench import BenchOptions, bench
 
 mode, config_dir, run_dir, *overrides = sys.argv[1:]
 with initialize_config_dir(config_dir=config_dir, version_base=None):
@@ -39,7 +39,7 @@ if mode.endswith("-fails"):
             raise OSError("disk gone")
         return step(run, batches, *args, **kwargs)
 
-    trainer.loop.train_step = trainer.bench.train_step = failing_step
+    trainer.loop.train_step = trainer.tools.bench.train_step = failing_step
 try:
     if mode.startswith("fit"):
         fit(cfg, run_dir, ranks)

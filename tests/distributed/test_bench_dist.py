@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from ..conftest import TINY
+from ..conftest import ANYTRAIN, TINY
 from .test_multiprocess import torchrun
 
 
@@ -14,7 +14,7 @@ from .test_multiprocess import torchrun
 def test_two_rank_bench_prints_one_result(plan, tmp_path, tok_cache):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_"))}
     env["OMP_NUM_THREADS"] = "1"
-    cmd = [*torchrun(2), "-m", "trainer.tools", "bench", *TINY, tok_cache, "model.vocab_size=null",
+    cmd = [*torchrun(2), "--no-python", *ANYTRAIN, "bench", *TINY, tok_cache, "model.vocab_size=null",
            "trainer.compile=false", f"parallel={plan}", "--steps", "3", "--warmup", "1", "--data", "real",
            "--data-seconds", "0.3", "--json"]  # fmt: skip
     out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)

@@ -7,12 +7,12 @@ import subprocess
 import time
 from pathlib import Path
 
-from trainer import checkpoint as ckpt
+from trainer import checkpointing as ckpt
 from trainer.config import to_train_config
 from trainer.loop import fit
 
-from ..conftest import TINY
-from .test_multiprocess import launch, losses, torchrun
+from ..conftest import TINY, TRAIN
+from .test_multiprocess import launch, losses, torchrun, train_under
 
 # Two data streams: the global batch is the same on 1 and 2 ranks, so curves can be compared across a reshard.
 RUN = [
@@ -34,7 +34,7 @@ def test_fsdp_two_ranks_resumes_on_one(compose, tmp_path, tok_cache):
     fit(to_train_config(compose(*RUN, tok_cache, "trainer.max_steps=8")), tmp_path / "ref")
     run = tmp_path / "run"
     launch(
-        torchrun(2),
+        train_under(2),
         [*RUN, tok_cache, "parallel=fsdp", "trainer.max_steps=4", "checkpoint.every=4", f"trainer.run_dir={run}"],
         tmp_path,
     )
@@ -48,7 +48,7 @@ def test_one_rank_resumes_on_two_with_fsdp(compose, tmp_path, tok_cache):
     run = tmp_path / "run"
     fit(to_train_config(compose(*RUN, tok_cache, "trainer.max_steps=4", "checkpoint.every=4")), run)
     launch(
-        torchrun(2),
+        train_under(2),
         [
             *RUN,
             tok_cache,
@@ -76,8 +76,8 @@ def test_a_signal_on_one_rank_stops_all_ranks_at_one_step(tmp_path, tok_cache):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_"))}
     cmd = [
         *torchrun(2),
-        "-m",
-        "trainer.cli",
+        "--no-python",
+        *TRAIN,
         *RUN,
         tok_cache,
         "parallel=ddp",

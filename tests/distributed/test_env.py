@@ -1,9 +1,9 @@
-"""Decision logic of trainer/env.py: launcher variables, devices and backends."""
+"""Decision logic of trainer/distributed (ranks.py, devices.py): launcher variables, devices and backends."""
 
 import pytest
 import torch
 
-from trainer import env
+from trainer.distributed import devices, ranks
 
 LAUNCHERS = {
     "torchrun": ({"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"}, (5, 1, 8, "torchrun")),
@@ -39,34 +39,34 @@ LAUNCHERS = {
 @pytest.mark.parametrize("name", LAUNCHERS)
 def test_launcher_variables_resolve_to_ranks(name):
     environ, (rank, local, world, launcher) = LAUNCHERS[name]
-    assert env.discover_ranks(environ) == env.Ranks(rank, local, world, launcher)
+    assert ranks.discover_ranks(environ) == ranks.Ranks(rank, local, world, launcher)
 
 
 def test_missing_local_rank_on_many_ranks_is_an_error():
     with pytest.raises(RuntimeError, match="LOCAL_RANK"):
-        env.discover_ranks({"RANK": "1", "WORLD_SIZE": "2"})
+        ranks.discover_ranks({"RANK": "1", "WORLD_SIZE": "2"})
 
 
 def test_rank_outside_world_is_an_error():
     with pytest.raises(RuntimeError, match="outside a world of 2"):
-        env.discover_ranks({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+        ranks.discover_ranks({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
 
 
 def test_mpi_world_of_one_per_rank_is_diagnosed():
-    ranks = env.Ranks(rank=1, local_rank=1, world_size=4, launcher="mpi")
+    job = ranks.Ranks(rank=1, local_rank=1, world_size=4, launcher="mpi")
     with pytest.raises(RuntimeError, match="mpi4py is linked against a different MPI"):
-        env.check_mpi_world(ranks, mpi_size=1)
-    env.check_mpi_world(ranks, mpi_size=4)
+        ranks.check_mpi_world(job, mpi_size=1)
+    ranks.check_mpi_world(job, mpi_size=4)
 
 
 def test_rendezvous_from_environment_wins():
-    ranks = env.Ranks(0, 0, 2, "torchrun")
-    assert env.rendezvous_address(ranks, {"MASTER_ADDR": "node7", "MASTER_PORT": "29510"}) == ("node7", 29510)
+    job = ranks.Ranks(0, 0, 2, "torchrun")
+    assert ranks.rendezvous_address(job, {"MASTER_ADDR": "node7", "MASTER_PORT": "29510"}) == ("node7", 29510)
 
 
 def test_rendezvous_without_any_source_says_what_to_set():
     with pytest.raises(RuntimeError, match="export MASTER_ADDR"):
-        env.rendezvous_address(env.Ranks(0, 0, 2, "srun"), {"SLURM_PROCID": "0"})
+        ranks.rendezvous_address(ranks.Ranks(0, 0, 2, "srun"), {"SLURM_PROCID": "0"})
 
 
 @pytest.mark.parametrize(
@@ -80,7 +80,7 @@ def test_rendezvous_without_any_source_says_what_to_set():
     ],
 )
 def test_backend_choice(device, override, expected):
-    assert env.choose_backend(device, override) == expected
+    assert devices.choose_backend(device, override) == expected
 
 
 class _FakeAccelerator:
@@ -99,10 +99,10 @@ class _FakeAccelerator:
 @pytest.mark.parametrize("kind,expected", [("xpu", "xpu"), ("cuda", "cuda"), ("mps", "mps"), (None, "cpu")])
 def test_auto_device_picks_the_accelerator(monkeypatch, kind, expected):
     monkeypatch.setattr(torch, "accelerator", _FakeAccelerator(kind))
-    assert env.auto_device_type() == expected
+    assert devices.auto_device_type() == expected
 
 
 def test_explicit_unavailable_device_is_a_clear_error():
     with pytest.raises(RuntimeError, match="trainer.device='cuda'"):
-        env.resolve_device("cuda")
-    assert env.resolve_device("auto") == torch.device("cpu")
+        devices.resolve_device("cuda")
+    assert devices.resolve_device("auto") == torch.device("cpu")

@@ -12,7 +12,7 @@ import pytest
 from trainer.config import to_train_config
 from trainer.loop import fit
 
-from ..conftest import TINY
+from ..conftest import TINY, TRAIN
 
 STEPS = 10
 # fp32, two data streams so that 1 rank x 2 micro-steps and 2 ranks x 1 micro-step see the same global batches.
@@ -37,15 +37,18 @@ def losses(run_dir: Path) -> list[float]:
 def launch(launcher: list[str], overrides: list[str], cwd: Path, timeout: int = 180) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_"))}
     env["OMP_NUM_THREADS"] = "1"
-    r = subprocess.run(
-        [*launcher, "-m", "trainer.cli", *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    r = subprocess.run([*launcher, *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r
 
 
 def torchrun(n: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n)]
+
+
+def train_under(n: int) -> list[str]:
+    """`torchrun --no-python train` on n ranks: the installed command, as the README says to start it."""
+    return [*torchrun(n), "--no-python", *TRAIN]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +62,7 @@ def single(compose, tmp_path_factory, tok_cache):
 @pytest.fixture(scope="module")
 def ddp(tmp_path_factory, tok_cache):
     cwd = tmp_path_factory.mktemp("ddp")
-    launch(torchrun(2), [*PARITY, tok_cache, "parallel=ddp"], cwd)  # run_dir left to its dated default
+    launch(train_under(2), [*PARITY, tok_cache, "parallel=ddp"], cwd)  # run_dir left to its dated default
     return cwd
 
 
@@ -72,7 +75,11 @@ def test_ddp_on_two_processes_matches_one_process(single, ddp):
 
 
 def test_fsdp_matches_ddp(single, ddp, tmp_path, tok_cache):
-    launch(torchrun(2), [*PARITY, tok_cache, "parallel=fsdp", f"trainer.run_dir={tmp_path}/run"], tmp_path)
+    launch(
+        train_under(2),
+        [*PARITY, tok_cache, "parallel=fsdp", f"trainer.run_dir={tmp_path}/run"],
+        tmp_path,
+    )
     curve, reference = losses(tmp_path / "run"), losses(next((ddp / "runs").iterdir()))
     assert len(curve) == STEPS and max(abs(a - b) for a, b in zip(curve, reference)) < 1e-5, (curve, reference)
 
@@ -88,7 +95,7 @@ def test_fsdp_with_accumulation_and_activation_checkpointing_matches(single, tmp
         "data.streams=4",
         f"trainer.run_dir={tmp_path}/run",
     ]
-    launch(torchrun(2), overrides, tmp_path)
+    launch(train_under(2), overrides, tmp_path)
     curve = losses(tmp_path / "run")
     assert len(curve) == STEPS and curve[-1] < curve[0] - 0.05
 
@@ -97,7 +104,9 @@ def test_hsdp_on_four_processes(compose, tmp_path, tok_cache):
     """2 replicas x 2 shards; the global batch of 16 comes from 4 streams, so one process sees the same data."""
     common = [*PARITY, tok_cache, "data.streams=4", "trainer.global_batch=16", "trainer.eval_batches=2"]
     launch(
-        torchrun(4), [*common, "parallel=hsdp", "parallel.dp_replicate=2", f"trainer.run_dir={tmp_path}/hsdp"], tmp_path
+        train_under(4),
+        [*common, "parallel=hsdp", "parallel.dp_replicate=2", f"trainer.run_dir={tmp_path}/hsdp"],
+        tmp_path,
     )
     fit(to_train_config(compose(*common)), tmp_path / "single")
     curve, reference = losses(tmp_path / "hsdp"), losses(tmp_path / "single")
@@ -108,7 +117,7 @@ def test_hsdp_on_four_processes(compose, tmp_path, tok_cache):
 def test_ddp_under_mpiexec_matches_one_process(single, tmp_path, tok_cache):
     """No MASTER_ADDR: rank 0 picks the rendezvous and broadcasts it over MPI."""
     launch(
-        [MPIEXEC, "-n", "2", sys.executable],
+        [MPIEXEC, "-n", "2", *TRAIN],
         [*PARITY, tok_cache, "parallel=ddp", f"trainer.run_dir={tmp_path}/r"],
         tmp_path,
     )
@@ -120,7 +129,7 @@ def test_ddp_under_mpiexec_matches_one_process(single, tmp_path, tok_cache):
 def test_mpi_comm_world_is_the_fallback_without_rank_variables(tmp_path):
     """With the launcher's rank variables hidden, ranks come from mpi4py's COMM_WORLD."""
     script = (
-        "import os, json, sys; from trainer import env\n"
+        "import os, json, sys; from trainer.distributed import ranks as env\n"
         "hide = env.RANK_VARS + env.WORLD_SIZE_VARS + env.LOCAL_RANK_VARS\n"
         "e = {k: v for k, v in os.environ.items() if k not in hide}\n"
         "r = env.discover_ranks(e)\n"
@@ -138,8 +147,8 @@ def test_a_config_error_stops_every_rank_with_one_message(tmp_path, tok_cache):
     r = subprocess.run(
         [
             *torchrun(2),
-            "-m",
-            "trainer.cli",
+            "--no-python",
+            *TRAIN,
             *TINY,
             tok_cache,
             "parallel=ddp",

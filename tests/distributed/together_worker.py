@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from trainer import env
+from trainer import distributed as env
 
 out = sys.argv[1]
 ranks = env.discover_ranks()

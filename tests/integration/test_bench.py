@@ -2,14 +2,13 @@
 
 import json
 import subprocess
-import sys
 
 import pytest
 
-from trainer.bench import BenchOptions, bench, format_table
 from trainer.config import to_train_config
+from trainer.tools.bench import BenchOptions, bench, format_table
 
-from ..conftest import TINY
+from ..conftest import ANYTRAIN, TINY
 
 KEYS = {
     "tokens_per_s_per_device",
@@ -45,7 +44,7 @@ def test_bench_cli_compiled_json(tmp_path, tok_cache):
     # Overrides on both sides of the options; synthetic tokens fit a model vocabulary (256) below the tokenizer's
     # (512), which is built only to time the data path.
     out = subprocess.run(
-        [sys.executable, "-m", "trainer.tools", "bench", *TINY, tok_cache, "trainer.compile=true",
+        [*ANYTRAIN, "bench", *TINY, tok_cache, "trainer.compile=true",
          "--steps", "2", "--warmup", "1", "--data-seconds", "0.3", "--json", "model.vocab_size=256"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
@@ -67,7 +66,7 @@ def test_bench_cli_compiled_json(tmp_path, tok_cache):
     ],
 )
 def test_bench_rejects_bad_input_clearly(tmp_path, args, says):
-    cmd = [sys.executable, "-m", "trainer.tools", "bench", *args]
+    cmd = [*ANYTRAIN, "bench", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 2 and says in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
@@ -76,9 +75,9 @@ def test_bench_rejects_bad_input_clearly(tmp_path, args, says):
 def test_warm_up_steps_stay_out_of_the_median(compose, tok_cache, monkeypatch):
     import time
 
-    import trainer.bench
+    import trainer.tools.bench
 
-    real, calls = trainer.bench.train_step, []
+    real, calls = trainer.tools.bench.train_step, []
 
     def slow_at_first(*args, **kwargs):  # steps 1-3 take an extra half second, like compile and autotuning
         calls.append(1)
@@ -86,7 +85,7 @@ def test_warm_up_steps_stay_out_of_the_median(compose, tok_cache, monkeypatch):
             time.sleep(0.5)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer.bench, "train_step", slow_at_first)
+    monkeypatch.setattr(trainer.tools.bench, "train_step", slow_at_first)
     overrides = ["trainer.compile=false", "model.vocab_size=512"]
     cfg = to_train_config(compose("+experiment=bench", *TINY, tok_cache, *overrides))
     r = bench(cfg, BenchOptions(steps=2, warmup=3, data_seconds=0))

@@ -4,19 +4,19 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from trainer import checkpoint as ckpt
+from trainer import checkpointing as ckpt
+from trainer.build import build_run
 from trainer.config import to_train_config
-from trainer.loop import DONE, build_run, evaluate, fit
+from trainer.loop import DONE, evaluate, fit
 from trainer.preemption import Preemption
 
-from ..conftest import TINY
+from ..conftest import TINY, TRAIN
 
 RUN = [*TINY, "trainer.precision=fp32", "trainer.log_every=1", "trainer.eval_every=0", "schedule.warmup_steps=2"]
 
@@ -48,7 +48,7 @@ def test_sigkill_twice_then_resume_equals_uninterrupted(compose, tmp_path, tok_c
     reference = rows(tmp_path / "ref")
 
     run_dir = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "trainer.cli", *overrides, f"trainer.run_dir={run_dir}"]
+    cmd = [*TRAIN, *overrides, f"trainer.run_dir={run_dir}"]
     for kill_after in (6, 10):  # between checkpoints 4 and 8, then 8 and 12
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_step(run_dir, kill_after, proc)
@@ -81,7 +81,7 @@ def test_broken_checkpoints_are_skipped_with_a_warning(compose, tmp_path, tok_ca
 
 
 def _single():
-    from trainer import env
+    from trainer import distributed as env
 
     return env.Ranks(), torch.device("cpu")
 
@@ -130,9 +130,7 @@ def test_preemption_interrupts_evaluation(compose, tmp_path, tok_cache):
 def test_sigterm_saves_and_exits_cleanly(tmp_path, tok_cache):
     run_dir = tmp_path / "run"
     cmd = [
-        sys.executable,
-        "-m",
-        "trainer.cli",
+        *TRAIN,
         *RUN,
         tok_cache,
         "trainer.max_steps=100000",

@@ -12,12 +12,13 @@ from safetensors.torch import load_file  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from models import ModelConfig, build_model, hf  # noqa: E402
-from trainer import checkpoint as ckpt  # noqa: E402
-from trainer import env  # noqa: E402
+from trainer import checkpointing as ckpt  # noqa: E402
+from trainer import distributed as env  # noqa: E402
+from trainer.build import build_run  # noqa: E402
+from trainer.cli.anytrain import main as anytrain  # noqa: E402
 from trainer.config import to_train_config  # noqa: E402
-from trainer.export import export_hf, import_hf, read_consolidated_metadata  # noqa: E402
-from trainer.loop import build_run, fit  # noqa: E402
-from trainer.tools import main as anytrain  # noqa: E402
+from trainer.interop import export_hf, import_hf, read_consolidated_metadata  # noqa: E402
+from trainer.loop import fit  # noqa: E402
 
 from ..conftest import TINY  # noqa: E402
 
@@ -146,7 +147,7 @@ def test_sharded_export_through_the_cli(tmp_path, capsys):
 
 
 def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
-    import trainer.export
+    import trainer.interop.huggingface
 
     model = random_model()
     src = ckpt.write_model_checkpoint(tmp_path / "ck", model.cfg, model.state_dict())
@@ -154,7 +155,7 @@ def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
     def crash(*args):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(trainer.export, "_write_weights", crash)
+    monkeypatch.setattr(trainer.interop.huggingface, "_write_weights", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         export_hf(src, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]

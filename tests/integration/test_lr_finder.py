@@ -4,7 +4,6 @@ import csv
 import json
 import math
 import subprocess
-import sys
 
 import pytest
 
@@ -12,7 +11,7 @@ from trainer.config import to_train_config
 from trainer.loop import fit
 from trainer.lr_finder import LRFinderConfig, LRFinderError, analyse, swept_lr
 
-from ..conftest import TINY
+from ..conftest import ANYTRAIN, TINY, TRAIN
 
 FINDER = [*TINY, "+experiment=lr_find", "lr_find.steps=60", "lr_find.init_lr=1e-5", "lr_find.max_lr=10"]
 
@@ -55,9 +54,7 @@ def test_forced_divergence_fails_without_success_files(tmp_path, tok_cache):
     run_dir = tmp_path / "run"
     r = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "trainer.cli",
+            *TRAIN,
             *FINDER,
             tok_cache,
             "lr_find.init_lr=1e4",
@@ -79,9 +76,7 @@ def test_lr_sweep_multirun_and_report(tmp_path, tok_cache):
     sweep = tmp_path / "sweep"
     r = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "trainer.cli",
+            *TRAIN,
             "-m",
             *FINDER,
             tok_cache,
@@ -94,7 +89,7 @@ def test_lr_sweep_multirun_and_report(tmp_path, tok_cache):
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    r = subprocess.run([sys.executable, "-m", "trainer.tools", "lr-report", str(sweep)], capture_output=True, text=True)
+    r = subprocess.run([*ANYTRAIN, "lr-report", str(sweep)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     table = [line for line in r.stdout.splitlines() if line.startswith("| 0") or line.startswith("| 1")]
     assert len(table) == 2 and "| 8 |" in table[0] and "| 16 |" in table[1]

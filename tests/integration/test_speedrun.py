@@ -3,26 +3,25 @@
 import csv
 import json
 import subprocess
-import sys
 
 import pytest
 
-from trainer.reports import collect
+from trainer.tools.reports import collect
 
-from ..conftest import TINY
+from ..conftest import ANYTRAIN, TINY, TRAIN
 
 RACE = [*TINY, "trainer.max_steps=30", "schedule.warmup_steps=5", "trainer.log_every=5"]
 
 
 def run(args, cwd):
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
 def race(tmp_path_factory, tok_cache):
     cwd = tmp_path_factory.mktemp("race")
     r = run(
-        ["-m", "trainer.cli", "-m", "+experiment=speedrun", "optim=adamw,muon", *RACE, tok_cache,
+        [*TRAIN, "-m", "+experiment=speedrun", "optim=adamw,muon", *RACE, tok_cache,
          f"trainer.run_dir={cwd}/sweep"],
         cwd,
     )  # fmt: skip
@@ -49,7 +48,7 @@ def test_report_ranks_both_runs_and_draws_the_plot(race, tmp_path):
     (race / "2" / ".hydra").mkdir(parents=True)
     (race / "2" / ".hydra" / "overrides.yaml").write_text("- optim=lion\n")
     out = tmp_path / "report"
-    r = run(["-m", "trainer.tools", "speedrun-report", str(race), "--target-loss", "6.0", "--out", str(out)], tmp_path)
+    r = run([*ANYTRAIN, "speedrun-report", str(race), "--target-loss", "6.0", "--out", str(out)], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "| rank | run | optimizer |" in r.stdout
     for name in ("leaderboard.md", "leaderboard.csv", "speedrun.png"):
@@ -69,5 +68,5 @@ def test_report_ranks_both_runs_and_draws_the_plot(race, tmp_path):
 
 
 def test_report_on_an_empty_directory_is_a_clear_error(tmp_path):
-    r = run(["-m", "trainer.tools", "speedrun-report", str(tmp_path)], tmp_path)
+    r = run([*ANYTRAIN, "speedrun-report", str(tmp_path)], tmp_path)
     assert r.returncode == 2 and "holds no run directories" in r.stderr and "Traceback" not in r.stderr

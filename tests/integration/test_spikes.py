@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import models.llama
-from trainer import env
+from trainer import distributed as env
+from trainer.build import build_run
 from trainer.config import to_train_config
-from trainer.loop import TooManySkips, build_run, fit, train_step
+from trainer.loop import TooManySkips, fit, train_step
 from trainer.spikes import SpikeConfig, SpikeDetector
 
 from ..conftest import TINY

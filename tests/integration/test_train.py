@@ -2,14 +2,13 @@
 
 import json
 import subprocess
-import sys
 
 import pytest
 
 from trainer.config import to_train_config
 from trainer.loop import fit
 
-from ..conftest import TINY
+from ..conftest import TINY, TRAIN
 
 
 def read_metrics(run_dir):
@@ -67,7 +66,7 @@ def test_wandb_offline_run(compose, tmp_path, tok_cache, monkeypatch):
 
 
 def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "trainer.cli", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([*TRAIN, *args], capture_output=True, text=True, cwd=cwd)
 
 
 def test_train_cli_runs_and_prints_the_schedule(tmp_path, tok_cache):

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer import env
+from trainer import distributed as env
 from trainer.config import to_train_config, validate
 
 

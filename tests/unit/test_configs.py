@@ -1,13 +1,14 @@
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from trainer.build import resolve_vocab
 from trainer.config import to_train_config, validate
-from trainer.loop import resolve_vocab
+
+from ..conftest import TRAIN
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir() and p.name != "experiment")
@@ -91,7 +92,7 @@ def test_tokenizer_larger_than_model_vocab_is_an_error(compose):
 
 def test_cfg_job_prints_the_resolved_config():
     out = subprocess.run(
-        [sys.executable, "-m", "trainer.cli", "--cfg", "job", "+experiment=2b_scaling"],
+        [*TRAIN, "--cfg", "job", "+experiment=2b_scaling"],
         capture_output=True,
         text=True,
         check=True,
@@ -101,7 +102,7 @@ def test_cfg_job_prints_the_resolved_config():
 
 def test_wrong_type_on_the_command_line_exits_before_training(tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "trainer.cli", "model.dim=abc", f"trainer.run_dir={tmp_path}/run"],
+        [*TRAIN, "model.dim=abc", f"trainer.run_dir={tmp_path}/run"],
         capture_output=True,
         text=True,
     )

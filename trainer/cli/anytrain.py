@@ -1,14 +1,35 @@
-"""`anytrain`: subcommands for tools around training runs."""
+"""The `anytrain` command: subcommands for the tools around training runs."""
 
 import argparse
+import sys
 
 from omegaconf import OmegaConf
 
 import models
 
 
+def _preset_file(preset: str):
+    """A model preset YAML: a path, or the name of one of the installed presets (configs/model/NAME.yaml)."""
+    from importlib import resources
+    from pathlib import Path
+
+    if Path(preset).is_file():
+        return Path(preset)
+    installed = resources.files("trainer.configs").joinpath("model")
+    found = installed.joinpath(f"{preset}.yaml")
+    if not found.is_file():
+        names = sorted(p.name.removesuffix(".yaml") for p in installed.iterdir() if p.name.endswith(".yaml"))
+        print(
+            f"anytrain params: error: {preset!r} is neither a file nor a model preset ({', '.join(names)})",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    return found
+
+
 def _params(args: argparse.Namespace) -> None:
-    cfg = OmegaConf.merge(OmegaConf.structured(models.ModelConfig), OmegaConf.load(args.preset))
+    with _preset_file(args.preset).open() as f:
+        cfg = OmegaConf.merge(OmegaConf.structured(models.ModelConfig), OmegaConf.load(f))
     cfg = OmegaConf.to_object(cfg)
     if cfg.vocab_size is None:
         cfg.vocab_size = args.vocab
@@ -18,7 +39,7 @@ def _params(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from .cli import run_from_dir
+    from .train import run_from_dir
 
     result = run_from_dir(args.run_dir)
     if result.get("preempted"):
@@ -27,8 +48,6 @@ def _run(args: argparse.Namespace) -> None:
 
 def _fail_clearly(fn, args: argparse.Namespace) -> None:
     """Bad input to export/import/consolidate: one error line and exit code 2, no traceback."""
-    import sys
-
     try:
         path = fn(args)
     except (ValueError, OSError) as e:  # CheckpointError, ExportError and HFConversionError are ValueErrors
@@ -38,39 +57,37 @@ def _fail_clearly(fn, args: argparse.Namespace) -> None:
 
 
 def _export_hf(args: argparse.Namespace) -> None:
-    from .export import export_hf
+    from ..interop import export_hf
 
     _fail_clearly(lambda a: export_hf(a.checkpoint, a.out_dir, a.dtype, a.max_shard_size, a.force), args)
 
 
 def _import_hf(args: argparse.Namespace) -> None:
-    from .export import import_hf
+    from ..interop import import_hf
 
     _fail_clearly(lambda a: import_hf(a.hf_dir, a.out_dir, a.force), args)
 
 
 def _consolidate(args: argparse.Namespace) -> None:
-    from .export import consolidate
+    from ..interop import consolidate
 
     _fail_clearly(lambda a: consolidate(a.checkpoint, a.out_file, a.dtype, a.force), args)
 
 
 def _lr_report(args: argparse.Namespace) -> None:
-    from .lr_finder import lr_report
+    from ..lr_finder import lr_report
 
     _fail_clearly(lambda a: print(lr_report(a.multirun_dir), end="") or f"{a.multirun_dir}/lr_report.png", args)
 
 
 def _watchdog(args: argparse.Namespace) -> None:
-    from . import watchdog
+    from ..cluster import watchdog
 
     watchdog.main(args)
 
 
 def _speedrun_report(args: argparse.Namespace) -> None:
-    import sys
-
-    from .reports import speedrun_report
+    from ..tools.reports import speedrun_report
 
     try:
         markdown, _ = speedrun_report(args.multirun_dir, args.target_loss, args.out)
@@ -82,27 +99,26 @@ def _speedrun_report(args: argparse.Namespace) -> None:
 
 def _bench(args: argparse.Namespace) -> None:
     import json
-    import sys
 
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from .bench import BenchOptions, bench, format_table
-    from .cli import CONFIG_DIR  # also registers the schemas and resolvers
-    from .config import to_train_config
+    from ..config import to_train_config
+    from ..tools.bench import BenchOptions, bench, format_table
+    from .train import CONFIG_MODULE  # also registers the schemas and resolvers
 
     opts = BenchOptions(args.steps, args.warmup, args.data, args.accum, args.data_seconds, args.profile)
     try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
             cfg = to_train_config(compose("train", overrides=[f"+experiment={args.preset}", *args.overrides]))
         result = bench(cfg, opts)
     except (ValueError, HydraException, OmegaConfBaseException) as e:  # as `train`: one line naming the problem
         print(f"anytrain bench: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    from . import env
+    from .. import distributed
 
-    if env.discover_ranks().is_main:
+    if distributed.discover_ranks().is_main:
         print(json.dumps(result) if args.json else format_table(result), flush=True)
         if result["profile"] and not args.json:
             print(f"\ntop operators over {args.profile} profiled steps:\n{result['profile']}")
@@ -112,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="anytrain", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("params", help="parameter count and FLOPs per token of a model preset YAML")
-    p.add_argument("preset", help="e.g. configs/model/2b.yaml")
+    p.add_argument("preset", help="a preset name (debug, 125m, 1b, 2b, 8b) or a model YAML file")
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--vocab", type=int, default=4096, help="vocabulary when the preset leaves it null")
     p.set_defaults(func=_params)
@@ -120,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("run_dir")
     p.set_defaults(func=_run)
     p = sub.add_parser("watchdog", help="run CMD, kill it after --idle-timeout silent seconds (exit 124), retry it")
-    from .watchdog import add_arguments as _watchdog_arguments
+    from ..cluster.watchdog import add_arguments as _watchdog_arguments
 
     _watchdog_arguments(p)
     p.set_defaults(func=_watchdog)

@@ -1,4 +1,4 @@
-"""`train`: the Hydra app. Thin: compose once, validate, hand every rank the same config, call fit().
+"""The `train` command: the Hydra app. Thin: compose once, validate, hand every rank the same config, call fit().
 
 Under a launcher (torchrun, mpiexec, srun) only rank 0 runs Hydra: it composes and validates the config and picks
 the run directory, then passes both to the other ranks through the rendezvous store. No rank composes on its own,
@@ -13,16 +13,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from . import env
-from .config import config_from_yaml, config_to_yaml, register_schemas, to_train_config, validate
-from .loop import fit
+from .. import distributed
+from ..config import config_from_yaml, config_to_yaml, register_schemas, to_train_config, validate
+from ..loop import fit
 
 # hydra.run.dir falls back to a dated folder when trainer.run_dir is null.
 OmegaConf.register_new_resolver("anytrain_or", lambda value, default: default if value is None else value, replace=True)
 register_schemas()
 
-# An absolute path: Hydra would otherwise look for a Python module named "configs" under a console script.
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+# The configs are package data (configs/ of the checkout is installed as trainer.configs), found through the installed
+# package wherever the command runs; users add their own with --config-dir or hydra.searchpath.
+CONFIG_MODULE = "trainer.configs"
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
 CONFIG_KEY, RUN_DIR_KEY = "anytrain/config", "anytrain/run_dir"
 USER_ERRORS = (ValueError, FileNotFoundError)
 
@@ -30,11 +32,11 @@ USER_ERRORS = (ValueError, FileNotFoundError)
 class _Job:
     """What the Hydra task needs besides the config: this process's ranks and the rendezvous store."""
 
-    ranks = env.Ranks()
+    ranks = distributed.Ranks()
     store = None
 
 
-@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="train")
+@hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     run_dir, ranks = hc.runtime.output_dir, _Job.ranks
@@ -56,7 +58,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def _submit(train_cfg, run_dir: str) -> None:
-    from . import launcher
+    from ..cluster import launcher
 
     nodes, world = launcher.validate_launcher(train_cfg.launcher)
     try:
@@ -75,11 +77,11 @@ def _submit(train_cfg, run_dir: str) -> None:
 
 
 def main() -> None:
-    ranks = env.discover_ranks()
+    ranks = distributed.discover_ranks()
     if ranks.world_size == 1:
         _hydra_main()
         return
-    _Job.ranks, _Job.store = ranks, env.make_store(ranks)
+    _Job.ranks, _Job.store = ranks, distributed.make_store(ranks)
     if ranks.is_main:
         try:
             _hydra_main()
@@ -104,7 +106,7 @@ def run_from_dir(run_dir: str | Path) -> dict:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: give a run directory that `train` created")
-    ranks = env.discover_ranks()
+    ranks = distributed.discover_ranks()
     try:
         return fit(config_from_yaml(path.read_text()), run_dir, ranks)
     except USER_ERRORS as e:  # as `train` does: one clear line in the job log, exit code 2

@@ -2,9 +2,10 @@
 
 `train launcher=slurm ...` (or pbs, aurora) composes and validates the config for the job's world size, writes the
 resolved config to RUN_DIR/config.yaml, renders RUN_DIR/job.slurm (job.pbs) from scripts/templates/ and submits it.
-The job body runs `python -m trainer.tools run RUN_DIR` on every rank (srun / mpiexec), which starts the run or
+The job body runs `anytrain run RUN_DIR` (see `entry`) on every rank (srun / mpiexec), which starts the run or
 resumes it from its newest complete checkpoint. Optional in the job: a chain of dependent resubmissions for runs
-longer than the walltime, and a watchdog that kills a silent run and retries it (trainer/watchdog.py).
+longer than the walltime, and a watchdog that kills a silent run and retries it (watchdog.py). The templates are
+scripts/templates/ of the checkout, installed as the package data `trainer.cluster.templates`.
 """
 
 import os
@@ -15,12 +16,17 @@ import string
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 NAMES = ("local", "slurm", "pbs")
 SCRIPT_NAMES = {"slurm": "job.slurm", "pbs": "job.pbs"}
 SUBMIT = {"slurm": "sbatch", "pbs": "qsub"}
-TEMPLATES = Path(__file__).resolve().parent.parent / "scripts" / "templates"
+TEMPLATES = "trainer.cluster.templates"  # scripts/templates/ in the checkout, package data in the wheel
+# `python -c` instead of `python -m`: the job runs in the directory `train` was started from, and a research directory
+# often holds its own data.py or models/, which the current directory first on sys.path (what -m puts there) would
+# import in place of anytrain's packages. Dropping that entry is safe on any Python version (and a no-op under -P).
+ENTRY = "import sys; sys.path[:1] = [p for p in sys.path[:1] if p]; from trainer.cli.anytrain import main; main()"
 # One walltime format for both schedulers: hours (any number of digits, e.g. 48:00:00), minutes, seconds.
 WALLTIME = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
 # Values that go into #SBATCH/#PBS lines, which the scheduler (not a shell) parses: no spaces, quotes or newlines.
@@ -168,10 +174,15 @@ def _lines(prefix: str, items: list[str]) -> str:
     return "\n".join(f"{prefix}{item}" for item in items)
 
 
+def entry(python: str) -> list[str]:
+    """The command line that runs `anytrain` with this interpreter, safe from the job directory's own modules."""
+    return [python, "-c", ENTRY]
+
+
 def _watchdog(lc: LauncherConfig, python: str, run_dir: Path) -> str:
     if lc.idle_timeout <= 0 and lc.max_retries <= 0:
         return ""
-    args = [python, "-m", "trainer.tools", "watchdog", "--idle-timeout", lc.idle_timeout, "--retries"]
+    args = [*entry(python), "watchdog", "--idle-timeout", lc.idle_timeout, "--retries"]
     args += [lc.max_retries, "--backoff", lc.retry_backoff_s, "--done-file", run_dir / "DONE", "--"]
     return " ".join(_q(a) for a in args) + " "
 
@@ -211,7 +222,7 @@ def render(cfg, run_dir: str | Path) -> str:
     prefix = "#SBATCH " if lc.name == "slurm" else "#PBS "
     launch += list(lc.launcher_args)
     command = " ".join('"$PBS_NODEFILE"' if a == "$PBS_NODEFILE" else _q(a) for a in launch)
-    command += " " + " ".join(_q(a) for a in (python, "-m", "trainer.tools", "run")) + ' "$RUN_DIR"'
+    command += " " + " ".join(_q(a) for a in (*entry(python), "run")) + ' "$RUN_DIR"'
     setup = "# (no launcher.setup lines)"
     if lc.setup:  # verbatim site lines, grouped so that one shellcheck directive covers them (sourced files)
         setup = "\n".join(["# launcher.setup", "# shellcheck disable=SC1090,SC1091", "{", *lc.setup, "}"])
@@ -226,7 +237,8 @@ def render(cfg, run_dir: str | Path) -> str:
         "nodes": str(nodes),
         "ranks": str(ranks),
     }
-    return _Template((TEMPLATES / f"{lc.name}.sh").read_text()).substitute(values)
+    template = resources.files(TEMPLATES).joinpath(f"{lc.name}.sh").read_text()
+    return _Template(template).substitute(values)
 
 
 def launch(cfg, run_dir: str | Path) -> Path:

@@ -3,6 +3,7 @@ then DDP or FSDP2 / HSDP on a device mesh."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -12,9 +13,53 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-from .config import ParallelConfig
+PLANS = ("single", "ddp", "fsdp", "hsdp")
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass
+class ParallelConfig:
+    plan: str = "single"
+    """"single" (one process), "ddp" (replicated model, gradients all-reduced), "fsdp" (FSDP2 fully_shard per block
+    and at the root) or "hsdp" (fully_shard on a replicate x shard device mesh)."""
+    backend: str = "auto"
+    """Collective backend: "auto" (nccl on CUDA and ROCm, xccl on XPU, gloo on CPU) or a name torch knows."""
+    dp_replicate: int = 1
+    """hsdp only: number of replicas; each shards the model over world_size / dp_replicate ranks."""
+    reshard_after_forward: bool = True
+    """fsdp/hsdp: free gathered parameters after forward (less memory, one more all-gather in backward)."""
+    mp_param_dtype: str | None = None
+    """fsdp/hsdp: dtype parameters are gathered and computed in ("bf16" or "fp32"). None follows trainer.precision
+    (bf16 on accelerators). Master weights and optimizer state stay fp32 either way."""
+    mp_reduce_dtype: str = "fp32"
+    """fsdp/hsdp: dtype of the gradient reduce-scatter."""
+    activation_checkpoint: str = "none"
+    """"none", or "full": recompute whole blocks in backward (every `ac_every`-th block)."""
+    ac_every: int = 1
+    """With activation_checkpoint=full: checkpoint blocks 0, k, 2k, ... (1 checkpoints all)."""
+    timeout_s: float = 1800.0
+    """Seconds a collective (and the start-up rendezvous) may wait before the job fails."""
+
+
+def validate_parallel(p: ParallelConfig, world_size: int) -> None:
+    """The plan fits the job's ranks and its fields are in range; raises ValueError naming the field and the fix."""
+    if p.plan not in PLANS:
+        raise ValueError(f"parallel.plan must be one of {PLANS}, got {p.plan!r}")
+    if p.plan == "single" and world_size > 1:
+        raise ValueError(f"parallel.plan=single cannot run on {world_size} ranks: choose parallel=ddp, fsdp or hsdp")
+    if p.plan == "hsdp" and (p.dp_replicate < 1 or world_size % p.dp_replicate):
+        raise ValueError(
+            f"parallel.dp_replicate={p.dp_replicate} must divide the {world_size} ranks for hsdp (replicate x shard)"
+        )
+    if p.activation_checkpoint not in ("none", "full") or p.ac_every < 1:
+        raise ValueError(
+            f"parallel.activation_checkpoint must be none or full and parallel.ac_every >= 1, got "
+            f"{p.activation_checkpoint!r}, {p.ac_every}"
+        )
+    for name in ("mp_param_dtype", "mp_reduce_dtype"):
+        if getattr(p, name) not in (None, "bf16", "fp32"):
+            raise ValueError(f"parallel.{name} must be bf16 or fp32, got {getattr(p, name)!r}")
 
 
 def apply_activation_checkpointing(model: nn.Module, every: int) -> None:
@@ -63,10 +108,6 @@ def parallelize(
     if cfg.plan in ("fsdp", "hsdp"):
         apply_fsdp(model, cfg, device, world_size, param_dtype)
     return model
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 @contextmanager

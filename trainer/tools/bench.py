@@ -14,21 +14,21 @@ import os
 import statistics
 import sys
 import time
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from tokenizers import Tokenizer
 
 import data
 import models
 
-from . import env
-from .config import TrainConfig, validate
-from .loop import Run, build_training, resolve_vocab, shared_tokenizer, start_process_group, train_step
+from .. import distributed
+from ..build import build_training, resolve_vocab, shared_tokenizer
+from ..config import TrainConfig, validate
+from ..loop import train_step
+from ..run import Run
 
 DATA_MODES = ("synthetic", "real")
 
@@ -89,22 +89,14 @@ class _Clock:
         return [a.elapsed_time(b) / 1e3 for a, b in itertools.pairwise(self.marks)]
 
 
-def _max_over_ranks(x: float, device: torch.device) -> float:
-    if not env.distributed():
-        return x
-    t = torch.tensor(x, device=device if dist.get_backend() != "gloo" else "cpu", dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.item()
-
-
-def bench(cfg: TrainConfig, opts: BenchOptions, ranks: env.Ranks | None = None) -> dict:
+def bench(cfg: TrainConfig, opts: BenchOptions, ranks: distributed.Ranks | None = None) -> dict:
     """Run warmup + steps training steps and return the figures (every rank returns the same dict)."""
-    job_start = env.process_start_time()
+    job_start = distributed.process_start_time()
     if opts.data not in DATA_MODES:
         raise ValueError(f"bench data must be one of {DATA_MODES}, got {opts.data!r}")
     if opts.steps < 2 or opts.warmup < 1 or opts.accum < 1:
         raise ValueError("bench needs steps >= 2, warmup >= 1 and accum >= 1")
-    ranks = ranks or env.discover_ranks()
+    ranks = ranks or distributed.discover_ranks()
     t = cfg.trainer
     total = opts.warmup + opts.steps
     cfg = replace(
@@ -118,41 +110,42 @@ def bench(cfg: TrainConfig, opts: BenchOptions, ranks: env.Ranks | None = None) 
             "synthetic tokens need a model.vocab_size: set model.vocab_size=N, or keep --data-seconds above 0 so the "
             "tokenizer it builds sets it"
         )
-    device = start_process_group(cfg, ranks)
-    run = batches = prefetcher = None
+    p = cfg.parallel
+    with distributed.process_group(ranks, cfg.trainer.device, p.backend, p.timeout_s) as device:
+        return _bench(cfg, opts, ranks, device, job_start)
+
+
+def _bench(cfg: TrainConfig, opts: BenchOptions, ranks: distributed.Ranks, device: torch.device, job_start: float):
+    total, t = opts.warmup + opts.steps, cfg.trainer
+    data_tok_s, tokenizer = None, None
+    if opts.data == "real" or opts.data_seconds > 0:
+        tokenizer = shared_tokenizer(cfg, ranks)
+        if opts.data == "real" or cfg.model.vocab_size is None:  # synthetic tokens fit any model vocabulary
+            cfg = resolve_vocab(cfg, tokenizer.get_vocab_size())
+        if opts.data_seconds > 0:
+            timing_start = time.time()
+            data_tok_s = measure_data_path(cfg, tokenizer, opts.data_seconds)
+            job_start += time.time() - timing_start  # the measurement is not part of a training job's start
+    if ranks.is_main:  # a large model takes a while to build and compile: say what is going on
+        first = " (the first compiles)" if cfg.trainer.compile else ""
+        where = f"{ranks.world_size} x {distributed.device_name(device)}"
+        size = f"{models.num_params(cfg.model) / 1e6:,.1f}M"
+        msg = f"bench: building {size} parameters on {where}, then {total} steps"
+        print(msg + first, file=sys.stderr, flush=True)
+    run = build_training(cfg, Path(os.devnull), ranks, device)
+    prefetcher = None
+    if opts.data == "synthetic":
+        batches = _synthetic(cfg, device, ranks.rank)
+    else:
+        stream = data.build_stream(cfg.data, tokenizer, "train", t.micro_batch, ranks.rank, ranks.world_size)
+        prefetcher = data.Prefetcher(stream, cfg.data.prefetch, pin=distributed.can_pin_memory(device))
+        batches = iter(prefetcher)
     try:
-        data_tok_s, tokenizer = None, None
-        if opts.data == "real" or opts.data_seconds > 0:
-            tokenizer = shared_tokenizer(cfg, ranks)
-            if opts.data == "real" or cfg.model.vocab_size is None:  # synthetic tokens fit any model vocabulary
-                cfg = resolve_vocab(cfg, tokenizer.get_vocab_size())
-            if opts.data_seconds > 0:
-                timing_start = time.time()
-                data_tok_s = measure_data_path(cfg, tokenizer, opts.data_seconds)
-                job_start += time.time() - timing_start  # the measurement is not part of a training job's start
-        if ranks.is_main:  # a large model takes a while to build and compile: say what is going on
-            first = " (the first compiles)" if cfg.trainer.compile else ""
-            where = f"{ranks.world_size} x {env.device_name(device)}"
-            size = f"{models.num_params(cfg.model) / 1e6:,.1f}M"
-            msg = f"bench: building {size} parameters on {where}, then {total} steps"
-            print(msg + first, file=sys.stderr, flush=True)
-        run = build_training(cfg, Path(os.devnull), ranks, device)
-        if opts.data == "synthetic":
-            batches = _synthetic(cfg, device, ranks.rank)
-        else:
-            stream = data.build_stream(cfg.data, tokenizer, "train", t.micro_batch, ranks.rank, ranks.world_size)
-            prefetcher = data.Prefetcher(stream, cfg.data.prefetch, pin=env.can_pin_memory(device))
-            batches = iter(prefetcher)
-        with env.attention_kernels(cfg.trainer.attention_kernels):
+        with distributed.attention_kernels(cfg.trainer.attention_kernels):
             return _measure(run, batches, opts, job_start, data_tok_s)
-    except BaseException as e:
-        traceback.clear_frames(e.__traceback__)  # the failed frames hold the model: it goes before the process group
-        raise
     finally:
         if prefetcher is not None:
             prefetcher.close()
-        run = batches = prefetcher = None  # the model goes before the process group: see env.end_distributed
-        env.end_distributed()
 
 
 def _measure(
@@ -163,30 +156,32 @@ def _measure(
     first = [next(batches) for _ in range(opts.accum)]  # opening the data is not compile time
     first_start = time.perf_counter()
     losses.append(train_step(run, first)[0])
-    env.synchronize(device)
+    distributed.synchronize(device)
     first_step_s, time_to_first_step_s = time.perf_counter() - first_start, time.time() - job_start
     clock.mark()
     for _ in range(opts.warmup + opts.steps - 1):
         losses.append(train_step(run, [next(batches) for _ in range(opts.accum)])[0])
         clock.mark()
-    env.synchronize(device)
+    distributed.synchronize(device)
     profile = _profile(run, batches, opts) if opts.profile else None
     steady = clock.intervals()[opts.warmup - 1 :]
-    step_s = _max_over_ranks(statistics.median(steady), device)  # the slowest rank sets the pace
+    step_s = distributed.max_over_ranks(statistics.median(steady))  # the slowest rank sets the pace
     tokens_per_step = cfg.trainer.micro_batch * opts.accum * cfg.data.seq_len
     tok_s = tokens_per_step / step_s
-    peak = env.peak_flops(device)
-    mem = env.peak_memory_gib(device)
+    peak = distributed.peak_flops(device)
+    mem = distributed.peak_memory_gib(device)
     return {
         "model_params": models.num_params(cfg.model),
-        "device": env.device_name(device),
+        "device": distributed.device_name(device),
         "world_size": world,
         "plan": cfg.parallel.plan,
         "activation_checkpoint": cfg.parallel.activation_checkpoint,
         "compile": cfg.trainer.compile,
         "loss_chunk": cfg.model.loss_chunk,
         "attention_kernels": cfg.trainer.attention_kernels,
-        "precision": str(env.autocast_dtype(device, cfg.trainer.precision) or torch.float32).removeprefix("torch."),
+        "precision": str(distributed.autocast_dtype(device, cfg.trainer.precision) or torch.float32).removeprefix(
+            "torch."
+        ),
         "micro_batch": cfg.trainer.micro_batch,
         "accum": opts.accum,
         "seq_len": cfg.data.seq_len,
@@ -198,10 +193,10 @@ def _measure(
         "mfu": run.flops_per_token * tok_s / peak if peak else None,
         "step_time_s": step_s,
         "step_time_spread": (max(steady) - min(steady)) / step_s,
-        "peak_memory_gib": _max_over_ranks(mem, device) if mem is not None else None,
+        "peak_memory_gib": distributed.max_over_ranks(mem) if mem is not None else None,
         "first_step_s": first_step_s,
         "compile_s": max(first_step_s - step_s, 0.0) if cfg.trainer.compile else 0.0,
-        "time_to_first_step_s": _max_over_ranks(time_to_first_step_s, device),
+        "time_to_first_step_s": distributed.max_over_ranks(time_to_first_step_s),
         "data_path_tokens_per_s": data_tok_s,
         "data_path_vs_device": data_tok_s / tok_s if data_tok_s else None,
         "cpu_cores": os.cpu_count(),
@@ -221,7 +216,7 @@ def _profile(run: Run, batches: Iterator[torch.Tensor], opts: BenchOptions, rows
     with profile(activities=activities) as prof:
         for _ in range(opts.profile):
             train_step(run, [next(batches) for _ in range(opts.accum)])
-        env.synchronize(device)
+        distributed.synchronize(device)
     key = "self_cpu_time_total" if len(activities) == 1 else "self_device_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=rows)
 

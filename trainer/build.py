@@ -1,0 +1,114 @@
+"""Build a run from its config: data, model in its parallel form, optimizer, schedule, and the checkpoint it
+resumes from. `build_run` for training; `build_training` for the parts the step needs (the benchmark feeds its own
+tokens)."""
+
+import itertools
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from tokenizers import Tokenizer
+
+import data
+import models
+import optim
+
+from . import distributed
+from .checkpointing import Checkpointer, check_architecture, read_meta
+from .checkpointing.run_state import restore_run, resume_source
+from .config import TrainConfig, grad_accum_steps, validate
+from .distributed import parallel
+from .run import Run
+from .spikes import SpikeDetector
+
+
+def resolve_vocab(cfg: TrainConfig, tokenizer_vocab: int) -> TrainConfig:
+    """Fill a null model.vocab_size from the tokenizer (padded to a multiple of 64), or check that it fits."""
+    vocab = cfg.model.vocab_size
+    if vocab is None:
+        vocab = 64 * math.ceil(tokenizer_vocab / 64)
+    elif tokenizer_vocab > vocab:
+        raise ValueError(
+            f"the tokenizer has {tokenizer_vocab} tokens but model.vocab_size={vocab}: set model.vocab_size >= "
+            f"{tokenizer_vocab} (or null to follow the tokenizer), or use a smaller tokenizer"
+        )
+    return replace(cfg, model=replace(cfg.model, vocab_size=vocab))
+
+
+def shared_tokenizer(cfg: TrainConfig, ranks: distributed.Ranks) -> Tokenizer:
+    """Rank 0 trains or loads the tokenizer first; the others then read its cache instead of all training it."""
+    first = distributed.together(lambda: data.build_tokenizer(cfg.data) if ranks.is_main else None)
+    return distributed.together(lambda: first if ranks.is_main else data.build_tokenizer(cfg.data))
+
+
+def _read_val_batches(cfg: TrainConfig, tokenizer: Tokenizer, ranks: distributed.Ranks) -> list[torch.Tensor]:
+    """The held-out set: the first eval_batches of each rank's val split, read once and reused at every evaluation.
+    Every rank must have them all, or one rank would wait forever in evaluation."""
+    t = cfg.trainer
+    stream = data.build_stream(cfg.data, tokenizer, "val", t.micro_batch, ranks.rank, ranks.world_size)
+    batches = list(itertools.islice(stream, t.eval_batches))
+    fewest = int(distributed.min_over_ranks(len(batches)))
+    if fewest < t.eval_batches:
+        raise ValueError(
+            f"the held-out split yields only {fewest} of trainer.eval_batches={t.eval_batches} batches on "
+            f"some rank: lower trainer.eval_batches or trainer.micro_batch, or raise data.val_fraction"
+        )
+    return batches
+
+
+def build_run(cfg: TrainConfig, run_dir: str | Path, ranks: distributed.Ranks, device: torch.device) -> Run:
+    """Validate, then build data, model and optimizer, restoring a checkpoint when there is one. Every config
+    error surfaces before the model exists."""
+    run_dir = Path(run_dir)
+    if cfg.checkpoint.load_state not in ("model", "all"):
+        raise ValueError(f"checkpoint.load_state must be model or all, got {cfg.checkpoint.load_state!r}")
+    source, full = resume_source(cfg, run_dir, ranks.is_main)
+    meta = read_meta(source) if source else None
+    if full and cfg.data.streams is None:  # keep the saved stream layout, so data resumes exactly on any world size
+        cfg = replace(cfg, data=replace(cfg.data, streams=meta.get("data_streams")))
+    validate(cfg, ranks.world_size)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t = cfg.trainer
+    tokenizer = shared_tokenizer(cfg, ranks)
+    cfg = resolve_vocab(cfg, tokenizer.get_vocab_size())
+    if meta:
+        check_architecture(meta, cfg.model, source)
+    train_stream = data.build_stream(cfg.data, tokenizer, "train", t.micro_batch, ranks.rank, ranks.world_size)
+    val_batches = _read_val_batches(cfg, tokenizer, ranks)
+
+    run = build_training(cfg, run_dir, ranks, device)
+    run.train_stream = data.Prefetcher(train_stream, cfg.data.prefetch, pin=distributed.can_pin_memory(device))
+    run.val_batches = val_batches
+    run.checkpointer = Checkpointer(cfg.checkpoint, run_dir, ranks.rank, tokenizer)
+    if source:
+        restore_run(run, source, meta, full)
+    distributed.together(lambda: ranks.is_main and OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml"))
+    return run
+
+
+def build_training(cfg: TrainConfig, run_dir: Path, ranks: distributed.Ranks, device: torch.device) -> Run:
+    """The parts train_step needs (model in its parallel form, optimizer, schedule, spike detector), without data
+    or checkpoints: build_run adds those, the benchmark feeds its own tokens. model.vocab_size must be resolved."""
+    t = cfg.trainer
+    amp_dtype = distributed.autocast_dtype(device, t.precision)
+    sharded = cfg.parallel.plan in ("fsdp", "hsdp")
+    param_dtype = parallel.DTYPES.get(cfg.parallel.mp_param_dtype) if cfg.parallel.mp_param_dtype else amp_dtype
+    torch.manual_seed(t.seed)  # the same init on every rank; DDP and FSDP then replicate or shard it
+    model = models.build_model(cfg.model, device="cpu" if t.init_device == "cpu" else device).to(device)
+    model = parallel.parallelize(model, cfg.parallel, device, ranks.world_size, t.compile, param_dtype)
+    optimizer = optim.build_optimizer(cfg.optim, model)
+    return Run(
+        cfg=cfg,
+        run_dir=run_dir,
+        ranks=ranks,
+        device=device,
+        amp_dtype=None if sharded else amp_dtype,  # FSDP's mixed-precision policy already computes in param_dtype
+        model=model,
+        optimizer=optimizer,
+        scheduler=optim.build_scheduler(optimizer, cfg.schedule, t.max_steps),
+        accum=grad_accum_steps(cfg, ranks.world_size),
+        flops_per_token=models.flops_per_token(cfg.model, cfg.data.seq_len),
+        spikes=SpikeDetector(cfg.trainer.spikes, device),
+    )

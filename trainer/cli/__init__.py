@@ -1,0 +1,1 @@
+"""The command-line entry points: `train` (train.py, the Hydra app) and `anytrain` (anytrain.py, the tools)."""

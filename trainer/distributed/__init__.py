@@ -1,0 +1,62 @@
+"""Ranks, devices, the process group, collectives and parallel plans: everything that differs between launchers
+(torchrun, mpiexec, srun) and vendors (CUDA/ROCm, XPU, MPS, CPU) is decided in this package.
+
+- `ranks`: rank, local rank and world size from the launcher's variables; the rendezvous store.
+- `devices`: device, backend, autocast, SDPA kernels, peak FLOP/s, memory, RNG.
+- `process_group`: the group's lifetime (`process_group()`, a context manager).
+- `collectives`: the few reductions the trainer issues itself, and `together`.
+- `parallel`: activation checkpointing, compile, DDP, FSDP2/HSDP (`ParallelConfig`, `parallelize`).
+"""
+
+from .collectives import PeerFailed, any_rank, cpu_group, max_over_ranks, mean_over_ranks, min_over_ranks, together
+from .devices import (
+    ATTENTION_KERNELS,
+    attention_kernels,
+    auto_device_type,
+    autocast,
+    autocast_dtype,
+    can_pin_memory,
+    choose_backend,
+    device_name,
+    peak_flops,
+    peak_memory_gib,
+    resolve_device,
+    rng_state,
+    set_rng_state,
+    synchronize,
+)
+from .process_group import end_distributed, init_distributed, is_distributed, process_group
+from .ranks import Ranks, discover_ranks, make_store, process_start_time, rendezvous_address
+
+__all__ = [
+    "ATTENTION_KERNELS",
+    "PeerFailed",
+    "Ranks",
+    "any_rank",
+    "attention_kernels",
+    "auto_device_type",
+    "autocast",
+    "autocast_dtype",
+    "can_pin_memory",
+    "choose_backend",
+    "cpu_group",
+    "device_name",
+    "discover_ranks",
+    "end_distributed",
+    "init_distributed",
+    "is_distributed",
+    "make_store",
+    "max_over_ranks",
+    "mean_over_ranks",
+    "min_over_ranks",
+    "peak_flops",
+    "peak_memory_gib",
+    "process_group",
+    "process_start_time",
+    "rendezvous_address",
+    "resolve_device",
+    "rng_state",
+    "set_rng_state",
+    "synchronize",
+    "together",
+]
