@@ -17,7 +17,7 @@ import optim
 
 from . import distributed
 from .checkpointing import Checkpointer, check_architecture, read_meta
-from .checkpointing.run_state import restore_run, resume_source
+from .checkpointing.run_state import check_tokenizer, restore_run, resume_source
 from .config import TrainConfig, grad_accum_steps, validate
 from .distributed import parallel
 from .run import Run
@@ -75,6 +75,7 @@ def build_run(cfg: TrainConfig, run_dir: str | Path, ranks: distributed.Ranks, d
     cfg = resolve_vocab(cfg, tokenizer.get_vocab_size())
     if meta:
         check_architecture(meta, cfg.model, source)
+        check_tokenizer(source, tokenizer)
     train_stream = data.build_stream(cfg.data, tokenizer, "train", t.micro_batch, ranks.rank, ranks.world_size)
     val_batches = _read_val_batches(cfg, tokenizer, ranks)
 
@@ -84,6 +85,7 @@ def build_run(cfg: TrainConfig, run_dir: str | Path, ranks: distributed.Ranks, d
     run.checkpointer = Checkpointer(cfg.checkpoint, run_dir, ranks.rank, tokenizer)
     if source:
         restore_run(run, source, meta, full)
+        run.source, run.restored_all = source, full
     distributed.together(lambda: ranks.is_main and OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml"))
     return run
 
@@ -107,8 +109,14 @@ def build_training(cfg: TrainConfig, run_dir: Path, ranks: distributed.Ranks, de
         amp_dtype=None if sharded else amp_dtype,  # FSDP's mixed-precision policy already computes in param_dtype
         model=model,
         optimizer=optimizer,
-        scheduler=optim.build_scheduler(optimizer, cfg.schedule, t.max_steps),
+        scheduler=_scheduler(cfg, optimizer),
         accum=grad_accum_steps(cfg, ranks.world_size),
         flops_per_token=models.flops_per_token(cfg.model, cfg.data.seq_len),
         spikes=SpikeDetector(cfg.trainer.spikes, device),
     )
+
+
+def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.trainer.max_steps == 0:  # evaluation only: a schedule that is never stepped
+        return optim.build_scheduler(optimizer, replace(cfg.schedule, name="constant", warmup_steps=0), 1)
+    return optim.build_scheduler(optimizer, cfg.schedule, cfg.trainer.max_steps)

@@ -125,7 +125,9 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     validate_data_config(cfg.data)
     cfg.optim.validate()
     t = cfg.trainer
-    for name in ("max_steps", "global_batch", "micro_batch", "log_every", "eval_batches"):
+    if t.max_steps < 0:
+        raise ValueError(f"trainer.max_steps must be >= 0 (0 evaluates and exits), got {t.max_steps}")
+    for name in ("global_batch", "micro_batch", "log_every", "eval_batches"):
         if getattr(t, name) <= 0:
             raise ValueError(f"trainer.{name} must be positive, got {getattr(t, name)}")
     if t.eval_every < 0:
@@ -166,7 +168,8 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
         validate_finder(cfg.lr_find)
     if cfg.logger.name not in ("none", "wandb"):
         raise ValueError(f"logger.name must be 'none' or 'wandb', got {cfg.logger.name!r}")
-    schedule_phases(cfg.schedule, t.max_steps)
+    if t.max_steps:  # 0 evaluates only: no schedule runs
+        schedule_phases(cfg.schedule, t.max_steps)
 
 
 def grad_accum_steps(cfg: TrainConfig, world_size: int = 1) -> int:

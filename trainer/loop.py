@@ -142,18 +142,26 @@ def _open_metrics(run: Run) -> MetricsLogger:
 
 def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
     t, cfg, world, start = run.cfg.trainer, run.cfg, run.ranks.world_size, run.start_step
-    phases = optim.schedule_phases(cfg.schedule, t.max_steps)
     tokens_per_step = t.global_batch * cfg.data.seq_len
     peak = distributed.peak_flops(run.device)
     log = distributed.together(lambda: _open_metrics(run))
-    resumed = f" | resumed at step {start}" if start else ""
+    plan = "evaluation only (trainer.max_steps=0)"
+    if t.max_steps:
+        plan = f"effective schedule ({cfg.schedule.name}): {optim.schedule_phases(cfg.schedule, t.max_steps)}"
     log.message(
         f"run dir {run.run_dir} | {models.num_params(cfg.model) / 1e6:.1f}M params | {world} x "
         f"{distributed.device_name(run.device)} | plan {cfg.parallel.plan} | accumulation {run.accum} x micro-batch "
-        f"{t.micro_batch} x {world} ranks | effective schedule ({cfg.schedule.name}): {phases}{resumed}"
+        f"{t.micro_batch} x {world} ranks | {plan}"
     )
+    if run.source is not None:
+        what = f"resumed at step {start}" if run.restored_all else "model weights only (step, optimizer, data fresh)"
+        log.message(f"weights loaded from {run.source}: {what}")
     last: dict = {}
     try:
+        if t.max_steps == 0:  # evaluate the (loaded) weights on the held-out set and stop
+            last = {"step": start, "val_loss": evaluate(run)}
+            log.log(last)
+            return last
         if start >= t.max_steps:
             log.message(f"the run is complete: step {start} >= trainer.max_steps={t.max_steps}")
             return last

@@ -33,3 +33,5 @@ class Run:
     val_batches: list[torch.Tensor] = field(default_factory=list)
     checkpointer: Checkpointer | None = None
     start_step: int = 0
+    source: Path | None = None  # the checkpoint the weights came from, if any
+    restored_all: bool = False  # whether optimizer, schedule, data position and step came with them

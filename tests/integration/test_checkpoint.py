@@ -87,9 +87,11 @@ def _single():
 
 
 def test_a_different_architecture_is_a_clear_error(compose, tmp_path, tok_cache):
+    """Every field that differs is named at once, with the overrides that would load the checkpoint."""
     fit(to_train_config(compose(*RUN, tok_cache, "trainer.max_steps=3", "checkpoint.every=3")), tmp_path)
-    cfg = to_train_config(compose(*RUN, tok_cache, "trainer.max_steps=4", "model.n_kv_heads=4"))
-    with pytest.raises(ckpt.CheckpointError, match=r"model.n_kv_heads=2 but the config has model.n_kv_heads=4"):
+    cfg = to_train_config(compose(*RUN, tok_cache, "trainer.max_steps=4", "model.n_kv_heads=4", "model.qk_norm=true"))
+    with pytest.raises(ckpt.CheckpointError, match=r"model.n_kv_heads=2 but the config has 4, model.qk_norm=False.*"
+                       r"add `model.n_kv_heads=2 model.qk_norm=false`"):  # fmt: skip
         fit(cfg, tmp_path)
 
 

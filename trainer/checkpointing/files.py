@@ -115,15 +115,23 @@ def read_meta(path: Path) -> dict[str, Any]:
     return json.loads((path / META).read_text())
 
 
+def override(name: str, value: Any) -> str:
+    """The command-line override that sets model.NAME to value."""
+    return f"model.{name}={'null' if value is None else str(value).lower() if isinstance(value, bool) else value}"
+
+
 def check_architecture(meta: dict[str, Any], model: ModelConfig, where: Path) -> None:
+    """Every architecture field on which the config and the checkpoint disagree, in one error with the overrides
+    that would make it load."""
     saved = meta["model"]
-    for name in ARCH_FIELDS:
-        if saved.get(name) != getattr(model, name):
-            raise CheckpointError(
-                f"checkpoint {where} was trained with model.{name}={saved.get(name)!r} but the config has "
-                f"model.{name}={getattr(model, name)!r}: set model.{name}={saved.get(name)} to load it, or start "
-                f"without this checkpoint"
-            )
+    wrong = [name for name in ARCH_FIELDS if saved.get(name) != getattr(model, name)]
+    if wrong:
+        differences = ", ".join(f"model.{n}={saved.get(n)!r} but the config has {getattr(model, n)!r}" for n in wrong)
+        fix = " ".join(override(n, saved.get(n)) for n in wrong)
+        raise CheckpointError(
+            f"checkpoint {where} was trained with {differences}: add `{fix}` to load it (or leave the model fields "
+            f"unset, and they are taken from the checkpoint), or start without this checkpoint"
+        )
 
 
 def load_rank_states(path: Path) -> list[dict[str, Any]]:

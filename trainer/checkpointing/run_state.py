@@ -3,14 +3,26 @@ run resumes from, and how that state is put back. The only place that knows whic
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from tokenizers import Tokenizer
 
 from .. import distributed
 from ..config import TrainConfig, config_to_yaml
 from .checkpointer import restore
-from .files import CHECKPOINTS, complete_checkpoints, load_rank_states, resolve_load_path
+from .files import (
+    ARCH_FIELDS,
+    CHECKPOINTS,
+    TOKENIZER,
+    CheckpointError,
+    complete_checkpoints,
+    load_rank_states,
+    override,
+    read_meta,
+    resolve_load_path,
+)
 
 if TYPE_CHECKING:
     from ..run import Run
@@ -25,6 +37,51 @@ def resume_source(cfg: TrainConfig, run_dir: Path, is_main: bool) -> tuple[Path 
     if cfg.checkpoint.load:
         return resolve_load_path(cfg.checkpoint.load), cfg.checkpoint.load_state == "all"
     return None, False
+
+
+# Model fields a checkpoint fixes: its architecture, and the RoPE table length it was made for.
+ADOPTED_MODEL_FIELDS = (*ARCH_FIELDS, "max_seq_len")
+
+
+def adopt_checkpoint(cfg: TrainConfig, run_dir: Path, given: set[str]) -> tuple[TrainConfig, list[str]]:
+    """What checkpoint.load's checkpoint knows and the command line did not set: the model's architecture and the
+    tokenizer it was trained with (its tokenizer.json), so that `train checkpoint.load=DIR` needs no hand-typed
+    fields. `given`: the keys set on the command line ("model" for a model=... choice, "model.dim", ...); a given
+    field is kept, and build_run lists every disagreement. Returns the config and the overrides it took. Nothing is
+    taken when the run resumes from its own checkpoints, which win over checkpoint.load."""
+    if not cfg.checkpoint.load or complete_checkpoints(run_dir / CHECKPOINTS, warn=False):
+        return cfg, []
+    source = resolve_load_path(cfg.checkpoint.load)
+    meta, taken, model = read_meta(source), [], cfg.model
+    if "model" not in given:
+        saved = meta.get("model", {})
+        changes = {
+            n: saved[n]
+            for n in ADOPTED_MODEL_FIELDS
+            if n in saved and f"model.{n}" not in given and saved[n] != getattr(model, n)
+        }
+        model = replace(model, **changes)
+        taken += [override(n, v) for n, v in changes.items()]
+    tok = cfg.data.tokenizer
+    if not any(k.startswith("data.tokenizer") for k in given) and (source / TOKENIZER).is_file():
+        eos = (meta.get("tokenizer") or {}).get("eos_token") or tok.eos_token
+        path = str((source / TOKENIZER).resolve())
+        if (tok.kind, tok.path, tok.eos_token) != ("file", path, eos):
+            tok = replace(tok, kind="file", path=path, eos_token=eos)
+            taken.append(f"data.tokenizer.kind=file data.tokenizer.path={path}")
+    return replace(cfg, model=model, data=replace(cfg.data, tokenizer=tok)), taken
+
+
+def check_tokenizer(source: Path, tokenizer: Tokenizer) -> None:
+    """The configured tokenizer must be the one the checkpoint's weights were trained with (same token -> id map):
+    embedding rows belong to ids, and another tokenizer would quietly scramble them."""
+    saved = source / TOKENIZER
+    if saved.is_file() and Tokenizer.from_file(str(saved)).get_vocab() != tokenizer.get_vocab():
+        raise CheckpointError(
+            f"the configured tokenizer is not the one checkpoint {source} was trained with (its {TOKENIZER} maps "
+            f"tokens to other ids): use data.tokenizer.kind=file data.tokenizer.path={saved} (or leave data.tokenizer "
+            f"unset with checkpoint.load, and it is taken from the checkpoint)"
+        )
 
 
 def save_run(run: Run, step: int) -> None:

@@ -66,6 +66,10 @@ def _import_hf(args: argparse.Namespace) -> None:
     from ..interop import import_hf
 
     _fail_clearly(lambda a: import_hf(a.hf_dir, a.out_dir, a.force), args)
+    print(
+        f"train from it: train checkpoint.load={args.out_dir} (its architecture and tokenizer are taken from it; "
+        f"add data.sources=[{{path: YOUR_DATA}}] for your own corpus, trainer.max_steps=0 to evaluate it only)"
+    )
 
 
 def _consolidate(args: argparse.Namespace) -> None:
@@ -95,6 +99,12 @@ def _speedrun_report(args: argparse.Namespace) -> None:
         print(f"anytrain speedrun-report: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     print(markdown)
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from ..tools.plot import plot_runs
+
+    _fail_clearly(lambda a: plot_runs(a.run_dirs, a.out, a.x), args)
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -166,6 +176,11 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("lr-report", help="table and overlaid curves of the LR finder runs of a multirun")
     p.add_argument("multirun_dir", help="the folder of a `train -m +experiment=lr_find ...` sweep")
     p.set_defaults(func=_lr_report)
+    p = sub.add_parser("plot", help="training and held-out loss of several runs overlaid in one PNG")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (each holds a metrics.jsonl)")
+    p.add_argument("--out", default="runs.png", help="the PNG to write")
+    p.add_argument("--x", choices=["auto", "steps", "tokens"], default="auto", help="auto: tokens when known")
+    p.set_defaults(func=_plot)
     p = sub.add_parser(
         "bench",
         help="tokens/s, MFU, memory, compile time of a training config (default llama-1b)",

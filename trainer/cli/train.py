@@ -5,6 +5,7 @@ the run directory, then passes both to the other ranks through the rendezvous st
 so there is one run directory and one resolved config per job.
 """
 
+import logging
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from .. import distributed
+from ..checkpointing.run_state import adopt_checkpoint
 from ..config import config_from_yaml, config_to_yaml, register_schemas, to_train_config, validate
 from ..loop import fit
 
@@ -25,6 +27,7 @@ register_schemas()
 # package wherever the command runs; users add their own with --config-dir or hydra.searchpath.
 CONFIG_MODULE = "trainer.configs"
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
+log = logging.getLogger(__name__)
 CONFIG_KEY, RUN_DIR_KEY = "anytrain/config", "anytrain/run_dir"
 USER_ERRORS = (ValueError, FileNotFoundError)
 
@@ -41,7 +44,9 @@ def _hydra_main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     run_dir, ranks = hc.runtime.output_dir, _Job.ranks
     try:
-        train_cfg = to_train_config(cfg)
+        train_cfg, taken = adopt_checkpoint(to_train_config(cfg), Path(run_dir), _given(hc.overrides.task))
+        if taken:
+            log.info("from checkpoint.load=%s: %s", train_cfg.checkpoint.load, " ".join(taken))
         if train_cfg.launcher.name != "local":  # render a job script into the run dir and submit it; no training here
             _submit(train_cfg, run_dir)
             return
@@ -55,6 +60,11 @@ def _hydra_main(cfg: DictConfig) -> None:
     except USER_ERRORS as e:  # config and data errors: one clear line, not a traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def _given(overrides: list[str]) -> set[str]:
+    """The keys the command line sets (model=1b -> "model", +model.x=1 -> "model.x")."""
+    return {o.split("=", 1)[0].lstrip("+~") for o in overrides}
 
 
 def _submit(train_cfg, run_dir: str) -> None:
