@@ -115,8 +115,17 @@ def source_format(source: Any, files: Sequence[str], index: int = 0) -> str:
             f"data.sources[{index}].format: cannot infer the format of {bad!r}; set it to one of json|parquet|text|csv"
         )
     if len(found) > 1:
+        by_format: dict[str, list[str]] = {}
+        for p in files:
+            by_format.setdefault(infer_format(p), []).append(p)
+        common = max(by_format, key=lambda f: len(by_format[f]))
+        odd = [p for f, ps in by_format.items() if f != common for p in ps]
+        shown = ", ".join(repr(p) for p in odd[:3]) + (f" and {len(odd) - 3} more" if len(odd) > 3 else "")
         raise ValueError(
-            f"data.sources[{index}].format: files mix formats {sorted(found)}; split them into one source per format"
+            f"data.sources[{index}].path={source.path!r} mixes formats: {len(by_format[common])} {common} file(s) "
+            f"and {shown} ({', '.join(sorted(f for f in by_format if f != common))}): set "
+            f"data.sources[{index}].format={common} to read only the {common} files of a directory (the others are "
+            f"left out), or give one source per format"
         )
     return found.pop()
 

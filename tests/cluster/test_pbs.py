@@ -15,7 +15,7 @@ MPIEXEC = shutil.which("mpiexec")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec: pip install -e '.[mpi]' installs the mpich wheel")
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec: pip install 'anytrain[mpi]' installs the mpich wheel")
 def test_rendered_pbs_script_trains_on_two_ranks_under_mpiexec(tmp_path, tok_cache):
     run = tmp_path / "run"
     overrides = [*JOB, tok_cache, "trainer.max_steps=20", "checkpoint.every=10", f"trainer.run_dir={run}"]

@@ -16,7 +16,7 @@ from trainer.config import to_train_config
 from .conftest import JOB, clean_env, train
 
 SHELLCHECK = shutil.which("shellcheck")
-ENTRY = shlex.join(launcher.entry(sys.executable))  # `anytrain` started safely from the job's directory
+ENTRY = shlex.join(launcher.entry("python3"))  # `anytrain`, safe from the job directory, in the setup's environment
 AURORA_BIND = "list:1-8:9-16:17-24:25-32:33-40:41-48:53-60:61-68:69-76:77-84:85-92:93-100"
 CONFIGS = {
     "slurm-default": ["launcher=slurm"],
@@ -121,13 +121,34 @@ def test_aurora_profile_renders_mpiexec_with_the_cpu_bind_list(compose, tmp_path
     cfg = job_config(compose, CONFIGS["aurora"])
     assert cfg.launcher.ranks_per_node == 12 and cfg.launcher.cpu_bind == AURORA_BIND
     text = launcher.render(cfg, tmp_path / "run")
-    for line in ["#PBS -l select=8", "#PBS -l filesystems=home:flare", "#PBS -A MYPROJ", "#PBS -q prod"]:
+    for line in ["#PBS -l select=8:mpiprocs=12", "#PBS -l filesystems=home:flare", "#PBS -A MYPROJ", "#PBS -q prod"]:
         assert line in text.splitlines(), line
     assert (
         f'mpiexec --envall --np 96 --ppn 12 --hostfile "$PBS_NODEFILE" --cpu-bind {AURORA_BIND} {ENTRY} run "$RUN_DIR"'
     ) in text
     assert "export ZE_FLAT_DEVICE_HIERARCHY=FLAT" in text
     assert "watchdog" not in text  # off unless idle_timeout or max_retries is set
+
+
+def test_the_job_runs_the_python_of_the_environment_its_setup_makes(compose, tmp_path):
+    """A venv path of the machine that renders the script may not exist on the nodes; launcher.setup's does."""
+    own = launcher.render(job_config(compose, ["launcher=slurm"]), tmp_path / "a")
+    assert f'{shlex.join(launcher.entry(sys.executable))} run "$RUN_DIR"' in own  # no setup: this interpreter
+    made = launcher.render(
+        job_config(compose, ["launcher=slurm", "launcher.setup=['source /x/bin/activate']"]), tmp_path
+    )
+    assert f'{ENTRY} run "$RUN_DIR"' in made and sys.executable not in made
+    given = ["launcher=pbs", "launcher.setup=['module load x']", "launcher.python=/opt/py/bin/python"]
+    assert "/opt/py/bin/python -c" in launcher.render(job_config(compose, given), tmp_path / "b")
+
+
+def test_pbs_select_carries_cpus_gpus_and_ranks_per_node(compose, tmp_path):
+    per_node = ["launcher.ranks_per_node=4", "launcher.cpus_per_node=64", "launcher.gpus_per_node=4"]
+    pbs = launcher.render(job_config(compose, ["launcher=pbs", "launcher.nodes=2", *per_node]), tmp_path / "p")
+    assert "#PBS -l select=2:ncpus=64:ngpus=4:mpiprocs=4" in pbs.splitlines()
+    slurm = launcher.render(job_config(compose, ["launcher=slurm", "launcher.nodes=2", *per_node]), tmp_path / "s")
+    assert {"#SBATCH --gpus-per-node=4", "#SBATCH --cpus-per-task=16"} <= set(slurm.splitlines())
+    assert "#PBS -l select=1:mpiprocs=1" in launcher.render(job_config(compose, ["launcher=pbs"]), tmp_path / "d")
 
 
 def test_pbs_chain_uses_qsub_depend(compose, tmp_path):
@@ -160,6 +181,8 @@ def test_values_are_shell_quoted(compose, tmp_path):
         (["launcher.name=lsf"], "launcher.name must be one of"),
         (["launcher.queue='a b'"], "launcher.queue='a b' cannot go into a job script directive"),
         (["launcher.walltime=00:01:00"], "launcher.signal_before_s=120 is not shorter than launcher.walltime"),
+        (["launcher.ranks_per_node=4", "launcher.cpus_per_node=2"], "gives less than one core to each"),
+        (["launcher.gpus_per_node=0"], "launcher.gpus_per_node must be >= 1 or null"),
     ],
 )
 def test_bad_launcher_configs_are_clear_errors(compose, tmp_path, overrides, message):

@@ -113,7 +113,7 @@ def test_hsdp_on_four_processes(compose, tmp_path, tok_cache):
     assert len(curve) == STEPS and max(abs(a - b) for a, b in zip(curve, reference)) < 1e-5, (curve, reference)
 
 
-@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec: pip install -e '.[mpi]' installs the mpich wheel")
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec: pip install 'anytrain[mpi]' installs the mpich wheel")
 def test_ddp_under_mpiexec_matches_one_process(single, tmp_path, tok_cache):
     """No MASTER_ADDR: rank 0 picks the rendezvous and broadcasts it over MPI."""
     launch(

@@ -148,3 +148,17 @@ def test_two_ranks_read_disjoint_shares_covering_the_corpus(tmp_path, n_files):
     assert set(r0).isdisjoint(r1)
     assert sorted(r0 + r1) == sorted(docs)
     assert abs(len(r0) - len(r1)) <= len(docs) // n_files // 2 + 1
+
+
+def test_mixed_formats_name_the_odd_files_and_the_fix(tmp_path):
+    """A documentation tree: .txt pages and one .json in a static folder (as in a Sphinx build)."""
+    for i in range(3):
+        (tmp_path / f"page{i}.txt").write_text(f"page {i}\n")
+    (tmp_path / "_static").mkdir()
+    (tmp_path / "_static" / "glossary.json").write_text("{}")
+    with pytest.raises(ValueError) as e:
+        load_source(SourceConfig(path=str(tmp_path)))
+    message = str(e.value)
+    assert "_static/glossary.json" in message and "3 text file(s)" in message
+    assert "data.sources[0].format=text" in message
+    assert len(_texts(load_source(SourceConfig(path=str(tmp_path), format="text")))) == 3  # the fix works

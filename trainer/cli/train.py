@@ -5,7 +5,9 @@ the run directory, then passes both to the other ranks through the rendezvous st
 so there is one run directory and one resolved config per job.
 """
 
+import contextlib
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -58,8 +60,20 @@ def _hydra_main(cfg: DictConfig) -> None:
             _Job.store.set(CONFIG_KEY, config_to_yaml(train_cfg))
         fit(train_cfg, run_dir, ranks, _Job.store)
     except USER_ERRORS as e:  # config and data errors: one clear line, not a traceback
+        if ranks.is_main:
+            _discard_if_unused(Path(run_dir))
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def _discard_if_unused(run_dir: Path) -> None:
+    """A run that failed before it wrote anything of its own leaves no directory behind: Hydra made it (its .hydra/
+    and log) before the config was checked. A directory holding anything else is kept as it is."""
+    if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if run_dir.parent.name == "runs":  # the default parent of dated run dirs, when this run was all it held
+            with contextlib.suppress(OSError):
+                run_dir.parent.rmdir()
 
 
 def _given(overrides: list[str]) -> set[str]:
@@ -86,12 +100,26 @@ def _submit(train_cfg, run_dir: str) -> None:
         sys.exit(f"error: {e}")
 
 
+def _job_ranks() -> distributed.Ranks:
+    """This process's ranks; a launcher environment that cannot work (a rank variable without its world size, an
+    MPI job with no rendezvous and no mpi4py) is one line and exit 2, like a config error."""
+    try:
+        return distributed.discover_ranks()
+    except RuntimeError as e:  # discover_ranks and rendezvous_address raise it for the environment alone
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main() -> None:
-    ranks = distributed.discover_ranks()
+    ranks = _job_ranks()
     if ranks.world_size == 1:
         _hydra_main()
         return
-    _Job.ranks, _Job.store = ranks, distributed.make_store(ranks)
+    try:
+        _Job.ranks, _Job.store = ranks, distributed.make_store(ranks)
+    except RuntimeError as e:
+        print(f"error (rank {ranks.rank}): {e}", file=sys.stderr)
+        sys.exit(2)
     if ranks.is_main:
         try:
             _hydra_main()
@@ -116,7 +144,7 @@ def run_from_dir(run_dir: str | Path) -> dict:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: give a run directory that `train` created")
-    ranks = distributed.discover_ranks()
+    ranks = _job_ranks()
     try:
         return fit(config_from_yaml(path.read_text()), run_dir, ranks)
     except USER_ERRORS as e:  # as `train` does: one clear line in the job log, exit code 2

@@ -67,7 +67,14 @@ class LauncherConfig:
     launcher_args: list[str] = field(default_factory=list)
     """Extra arguments of srun / mpiexec, each one argument (shell-quoted in the script)."""
     python: str | None = None
-    """Python interpreter run on every rank. None: the interpreter that renders the script (this venv's python)."""
+    """Python interpreter run on every rank. None: with launcher.setup lines, `python3` as found on the job's PATH
+    once they ran (the environment they activate); without them, the interpreter that renders the script."""
+    cpus_per_node: int | None = None
+    """CPU cores requested per node: PBS `ncpus` in the select statement; SLURM `--cpus-per-task` (this divided by
+    launcher.ranks_per_node). None requests none (the site's default: often the whole node, Aurora's 208)."""
+    gpus_per_node: int | None = None
+    """GPUs requested per node: PBS `ngpus` in the select statement; SLURM `--gpus-per-node`. None requests none
+    (the site's default; Aurora allocates whole nodes, so its profile leaves it unset)."""
     workdir: str | None = None
     """Directory the job runs in (relative paths in the config resolve from it). None: where `train` was run."""
     job_name: str | None = None
@@ -133,6 +140,14 @@ def validate_launcher(lc: LauncherConfig) -> tuple[int, int]:
         raise ValueError(f"launcher.name must be one of {NAMES}, got {lc.name!r} (pick a profile: launcher=slurm)")
     nodes, ranks = job_ranks(lc)
     wall = walltime_seconds(lc.walltime)
+    for name in ("cpus_per_node", "gpus_per_node"):
+        if getattr(lc, name) is not None and getattr(lc, name) < 1:
+            raise ValueError(f"launcher.{name} must be >= 1 or null, got {getattr(lc, name)}")
+    if lc.cpus_per_node and lc.cpus_per_node < lc.ranks_per_node:
+        raise ValueError(
+            f"launcher.cpus_per_node={lc.cpus_per_node} gives less than one core to each of the "
+            f"launcher.ranks_per_node={lc.ranks_per_node} ranks: raise it or leave it null"
+        )
     for name in ("chain", "idle_timeout", "max_retries", "signal_before_s"):
         if getattr(lc, name) < 0:
             raise ValueError(f"launcher.{name} must be >= 0, got {getattr(lc, name)}")
@@ -198,7 +213,8 @@ def render(cfg, run_dir: str | Path) -> str:
         raise ValueError(
             f"the run directory {str(run_dir)!r} contains white space, which #SBATCH/#PBS lines cannot hold"
         )
-    python = lc.python or sys.executable
+    # The job's own environment when launcher.setup makes one: this machine's venv path may not exist on the nodes.
+    python = lc.python or ("python3" if lc.setup else sys.executable)
     workdir = Path(lc.workdir or os.getcwd()).resolve()
     job_name = lc.job_name or ("anytrain-" + re.sub(r"[^A-Za-z0-9_.-]", "_", run_dir.name))[:64]
     directives: list[str] = []
@@ -208,10 +224,15 @@ def render(cfg, run_dir: str | Path) -> str:
         directives += [f"--partition={lc.queue}"] if lc.queue else []
         directives += [f"--account={lc.account}"] if lc.account else []
         directives += [f"--signal=USR1@{lc.signal_before_s}"] if lc.signal_before_s else []
+        directives += [f"--gpus-per-node={lc.gpus_per_node}"] if lc.gpus_per_node else []
+        if lc.cpus_per_node:
+            directives += [f"--cpus-per-task={lc.cpus_per_node // lc.ranks_per_node}"]
         launch = ["srun", f"--ntasks={ranks}", f"--ntasks-per-node={lc.ranks_per_node}", "--kill-on-bad-exit=1"]
         launch += [f"--cpu-bind={lc.cpu_bind}"] if lc.cpu_bind else []
     else:
-        directives += [f"-N {job_name}", f"-l select={nodes}", "-l place=scatter", f"-l walltime={lc.walltime}"]
+        chunk = f"{nodes}" + (f":ncpus={lc.cpus_per_node}" if lc.cpus_per_node else "")
+        chunk += (f":ngpus={lc.gpus_per_node}" if lc.gpus_per_node else "") + f":mpiprocs={lc.ranks_per_node}"
+        directives += [f"-N {job_name}", f"-l select={chunk}", "-l place=scatter", f"-l walltime={lc.walltime}"]
         directives += [f"-q {lc.queue}"] if lc.queue else []
         directives += [f"-A {lc.account}"] if lc.account else []
         directives += [f"-l filesystems={lc.filesystems}"] if lc.filesystems else []

@@ -85,7 +85,7 @@ def discover_ranks(environ: Mapping[str, str] | None = None) -> Ranks:
 
 
 def _mpi():
-    from mpi4py import MPI  # optional (pip install -e '.[mpi]'); imported only when an MPI launcher is in play
+    from mpi4py import MPI  # optional (pip install 'anytrain[mpi]'); imported only when an MPI launcher is in play
 
     return MPI
 
@@ -143,7 +143,7 @@ def rendezvous_address(ranks: Ranks, environ: Mapping[str, str] | None = None) -
         return environ.get("MASTER_ADDR", host), 20000 + int(environ["SLURM_JOB_ID"]) % 20000
     raise RuntimeError(
         f"cannot find the rendezvous address of this {ranks.world_size}-rank job: export MASTER_ADDR (the host of "
-        f"rank 0) and MASTER_PORT, or install mpi4py (pip install -e '.[mpi]') so rank 0 can broadcast them"
+        f"rank 0) and MASTER_PORT, or install mpi4py (pip install 'anytrain[mpi]') so rank 0 can broadcast them"
     )
 
 
@@ -161,13 +161,15 @@ def process_start_time() -> float:
     """Wall-clock time the job started: $ANYTRAIN_JOB_START (set by job scripts) or this process's start."""
     if os.environ.get("ANYTRAIN_JOB_START"):
         return float(os.environ["ANYTRAIN_JOB_START"])
-    try:  # Linux: the process start in clock ticks after boot
+    try:  # Linux: the process's age, from its start and the uptime, both counted since boot
         with open("/proc/self/stat") as f:
             ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/stat") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, StopIteration, IndexError):
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        # Not /proc/stat's btime: the boot time in wall-clock terms goes stale when the clock is stepped after boot
+        # (NTP on a freshly booted machine), which put a first run's time to first step a minute off.
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
         return _IMPORT_TIME
 
 

