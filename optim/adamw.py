@@ -18,6 +18,8 @@ def fused_supported(model: nn.Module) -> bool:
 @dataclass
 class AdamWConfig(OptimConfig):
     name: str = "adamw"
+    lr: float = 1e-3  # suits the small presets; large runs set their own (2b_scaling: 1.3e-3, from the LR finder)
+    weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     """Adam's (beta1, beta2)."""
     eps: float = 1e-8

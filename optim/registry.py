@@ -20,10 +20,11 @@ class OptimConfig:
 
     name: str = MISSING
     """The optimizer, chosen by the group (optim=adamw); set by each class, never by hand."""
-    lr: float = 1e-3
-    """Peak learning rate (the schedule multiplies it)."""
-    weight_decay: float = 0.1
-    """Decoupled weight decay (multiplied by the LR) for matrices; norms, biases and embeddings never decay."""
+    lr: float = MISSING
+    """Peak learning rate (the schedule multiplies it). Each optimizer's class sets its default."""
+    weight_decay: float = MISSING
+    """Decoupled weight decay (multiplied by the LR) for matrices; norms, biases and embeddings never decay. Each
+    optimizer's class sets its default."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping (the norm is still logged)."""
 

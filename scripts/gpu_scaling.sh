@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Weak scaling of llama-1b at micro-batch 8 per GPU (issue 8): `anytrain bench` on 1 GPU, then on $NPROC GPUs under
 # DDP and FSDP, and the per-GPU efficiency of each against the 1-GPU run, in one device call (nvidia-h200-x4).
-# Needs .whl/ (../shared/tools/device-wheels.sh), carried. A CPU dry run: NPROC=2 EXTRA="model.dim=64 ...
+# Needs .whl/ (../shared/tools/device-wheels.sh and anytrain's wheel: scripts/device_setup.sh), carried. A CPU dry run: NPROC=2 EXTRA="model.dim=64 ...
 # model.vocab_size=512 data.seq_len=64 trainer.compile=false trainer.device=cpu" bash scripts/gpu_scaling.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}

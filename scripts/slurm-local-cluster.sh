@@ -1,22 +1,28 @@
 #!/bin/bash
 # A real one-machine SLURM cluster (slurmctld + slurmd + munge) for tests and demos; idempotent.
 #   scripts/slurm-local-cluster.sh          install slurm-wlm and munge if missing (apt, root), configure, start
-#   scripts/slurm-local-cluster.sh stop     stop the daemons this script started
+#   scripts/slurm-local-cluster.sh stop     stop the daemons (slurmd, slurmctld, munged) and wait until they are gone
 # Partition "debug" holds this machine with all its CPUs. Needs root (daemons run as root, SlurmUser=root).
 set -euo pipefail
 
 CONF=/etc/slurm/slurm.conf
 LOG=/var/log/slurm
 
-stop() {
-    for pidfile in /run/slurm/slurmd.pid /run/slurm/slurmctld.pid; do
-        if [ -s "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; fi
+stop() {  # by name: a daemon restarted by hand has no pid file of ours
+    for daemon in slurmd slurmctld munged; do pkill -x "$daemon" 2>/dev/null || true; done
+    local left
+    for _ in $(seq 100); do  # up to 10 s for them to exit (pgrep -x takes one name of at most 15 characters)
+        left=$(for daemon in slurmd slurmctld munged; do pgrep -x "$daemon" >/dev/null && echo "$daemon"; done || true)
+        [ -z "$left" ] && return 0
+        sleep 0.1
     done
+    echo "slurm-local-cluster: still running: $left" >&2
+    return 1
 }
 
 if [ "${1:-start}" = stop ]; then
     stop
-    exit 0
+    exit $?
 fi
 
 if [ "$(id -u)" -ne 0 ]; then

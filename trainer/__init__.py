@@ -1,9 +1,10 @@
 """The trainer: composes models, data and optim into a run.
 
-Layout: `cli/` (the `train` and `anytrain` commands), `config.py` (the schema of a run), `run.py` (building a run)
-and `loop.py` (training it), `distributed/` (ranks, devices, process group, collectives, parallel plans),
-`checkpointing/`, `interop/` (Hugging Face and safetensors), `cluster/` (job scripts, watchdog) and `tools/` (LR
-finder, bench, reports); `metrics.py`, `spikes.py` and `preemption.py` are the loop's collaborators.
+Layout: `cli/` (the `train` and `anytrain` commands), `config.py` (the schema of a run), `run.py` (the Run),
+`build.py` (building it) and `loop.py` (training it), `distributed/` (ranks, devices, process group, collectives,
+parallel plans), `checkpointing/`, `interop/` (Hugging Face and safetensors), `cluster/` (job scripts, watchdog) and
+`tools/` (bench, reports); `metrics.py`, `spikes.py`, `preemption.py` and `lr_finder.py` are the loop's
+collaborators.
 """
 
 import importlib.util
@@ -19,7 +20,7 @@ def _check_siblings() -> None:
     for name in ("models", "data", "optim"):
         spec = importlib.util.find_spec(name)  # finds without importing (nothing of the other module runs)
         origin = spec.origin if spec is not None else None
-        if origin is None or Path(origin).resolve().parent.parent != home:
+        if origin is None or Path(origin).resolve() != home / name / "__init__.py":
             found = origin or (list(spec.submodule_search_locations)[0] if spec else "nothing")
             print(
                 f"error: `import {name}` finds {found}, not anytrain's {home / name}: a module of that name in the "

@@ -5,7 +5,8 @@ Group configs live with their builders (`models.ModelConfig`, `data.DataConfig`,
 once, in its dataclass, and every default lives there: the YAML files of configs/ hold only what differs.
 """
 
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, fields
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -20,6 +21,8 @@ from .distributed.devices import ATTENTION_KERNELS
 from .distributed.parallel import ParallelConfig, validate_parallel
 from .lr_finder import LRFinderConfig, validate_finder
 from .spikes import SpikeConfig, validate_skip_ranges, validate_spikes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -93,6 +96,12 @@ class TrainConfig:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     lr_find: LRFinderConfig = field(default_factory=LRFinderConfig)
 
+    def __post_init__(self) -> None:
+        # Built in Python rather than composed (TrainConfig()): the optimizer group's default. The schema itself
+        # keeps optim typed as the base class, so that Hydra merges any optimizer's class into it.
+        if self.optim == MISSING:
+            self.optim = config_class("adamw")()
+
 
 def register_schemas() -> None:
     """Make the dataclasses the schema of configs/train.yaml, so that unknown keys and wrong types are rejected.
@@ -113,9 +122,18 @@ def config_to_yaml(cfg: TrainConfig) -> str:
 
 
 def config_from_yaml(text: str) -> TrainConfig:
-    """Parse a resolved config (config.yaml of a run) against the schema, the optimizer's class chosen by its name."""
+    """Parse a resolved config (config.yaml of a run) against the schema, the optimizer's class chosen by its name.
+    A config.yaml written before optimizers had a class each holds every optimizer's fields: the ones the chosen
+    class lacks are dropped (with a warning), so that such a run still resumes."""
     saved = OmegaConf.create(text)
-    typed = {"optim": OmegaConf.structured(config_class(OmegaConf.select(saved, "optim.name", default="adamw")))}
+    cls = config_class(OmegaConf.select(saved, "optim.name", default="adamw"))
+    known = {f.name for f in fields(cls)}
+    foreign = [k for k in saved.get("optim", {}) if k not in known]
+    if foreign:
+        log.warning("config.yaml: dropped optim.%s (not fields of %s)", ", optim.".join(foreign), cls.__name__)
+        for key in foreign:
+            del saved.optim[key]
+    typed = {"optim": OmegaConf.structured(cls)}
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), typed, saved))
 
 

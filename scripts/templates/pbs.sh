@@ -1,5 +1,5 @@
 #!/bin/bash
-# anytrain PBS job, rendered by trainer/launcher.py from the run's config (launcher group). Regenerate it with
+# anytrain PBS job, rendered by trainer/cluster/launcher.py from the run's config (launcher group). Regenerate it with
 # `train launcher=pbs ...` rather than editing it. Runs or resumes RUN_DIR on {{ranks}} ranks over {{nodes}} node(s).
 {{directives}}
 

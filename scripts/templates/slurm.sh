@@ -1,5 +1,5 @@
 #!/bin/bash
-# anytrain SLURM job, rendered by trainer/launcher.py from the run's config (launcher group). Regenerate it with
+# anytrain SLURM job, rendered by trainer/cluster/launcher.py from the run's config (launcher group). Regenerate it with
 # `train launcher=slurm ...` rather than editing it. Runs or resumes RUN_DIR on {{ranks}} ranks over {{nodes}} node(s).
 {{directives}}
 

@@ -17,13 +17,22 @@ from .conftest import JOB, metrics, steps, train
 SETUP = REPO / "scripts" / "slurm-local-cluster.sh"
 
 
+DAEMONS = ("munged", "slurmctld", "slurmd")
+
+
+def running_daemons() -> list[str]:
+    return [d for d in DAEMONS if subprocess.run(["pgrep", "-x", d], capture_output=True).returncode == 0]
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster():
-    """Install (apt, can take a minute the first time) and start the one-machine cluster, or skip with the reason."""
+    """Install (apt, can take a minute the first time) and start the one-machine cluster, or skip with the reason.
+    Stops the daemons it started when the session ends, and fails the session if one outlives that."""
     if os.geteuid() != 0:
         pytest.skip("the one-machine SLURM cluster needs root (apt-get install slurm-wlm munge; daemons as root)")
     if shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
         pytest.skip("slurm-wlm is not installed and there is no apt-get to install it")
+    before = running_daemons()
     try:
         r = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
@@ -31,6 +40,11 @@ def slurm_cluster():
     if r.returncode != 0:
         pytest.skip(f"could not start a one-machine SLURM cluster: {(r.stderr or r.stdout).strip()[-1500:]}")
     yield
+    if before:  # someone else's cluster (a demo left running): theirs to stop
+        return
+    stop = subprocess.run(["bash", str(SETUP), "stop"], capture_output=True, text=True, timeout=60)
+    left = running_daemons()
+    assert stop.returncode == 0 and not left, f"SLURM daemons outlive the tests: {left} {stop.stderr}"
 
 
 def squeue(*job_ids: str) -> list[str]:

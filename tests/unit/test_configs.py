@@ -108,3 +108,30 @@ def test_wrong_type_on_the_command_line_exits_before_training(tmp_path):
     )
     assert r.returncode != 0 and "model.dim" in r.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["optim=lion", "optim.eps=1e-6"], "eps"),  # Lion has no epsilon
+        (["optim=adamw", "optim.muon_lr=0.01"], "muon_lr"),  # AdamW has no Muon part
+        (["optim=muon", "optim.muon_lrr=0.01"], "muon_lrr"),  # a typo of Muon's own field
+    ],
+)
+def test_each_optimizer_group_accepts_only_its_own_fields(compose, overrides, key):
+    with pytest.raises(ConfigCompositionException, match=f"Could not override 'optim.{key}'"):
+        compose(*overrides)
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon", "lion"])
+def test_a_run_config_round_trips_with_its_optimizer_class(compose, name):
+    from trainer.config import config_from_yaml, config_to_yaml
+
+    cfg = check(compose(f"optim={name}", "optim.lr=0.005"))
+    again = config_from_yaml(config_to_yaml(cfg))
+    assert again == cfg and type(again.optim) is type(cfg.optim) and again.optim.lr == 0.005
+
+
+def test_an_optimizer_field_is_checked_before_the_model_exists(compose):
+    with pytest.raises(ValueError, match="optim.weight_decay must be >= 0"):
+        check(compose("optim=lion", "optim.weight_decay=-0.1"))

@@ -4,4 +4,5 @@ with a one-line error when that happens)."""
 
 from .train import main
 
-main()
+if __name__ == "__main__":
+    main()

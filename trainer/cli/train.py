@@ -15,6 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from .. import distributed
 from ..checkpointing.run_state import adopt_checkpoint
@@ -32,6 +33,8 @@ CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
 log = logging.getLogger(__name__)
 CONFIG_KEY, RUN_DIR_KEY = "anytrain/config", "anytrain/run_dir"
 USER_ERRORS = (ValueError, FileNotFoundError)
+# What `anytrain run` also reports in one line: a config.yaml the schema rejects (edited by hand, say).
+CONFIG_ERRORS = (*USER_ERRORS, OmegaConfBaseException)
 
 
 class _Job:
@@ -110,7 +113,22 @@ def _job_ranks() -> distributed.Ranks:
         sys.exit(2)
 
 
+def _configs_installed() -> None:
+    """The configs are package data: a checkout on PYTHONPATH, or an editable install made before they were, has
+    none, and Hydra's own message then points at a file that exists."""
+    import importlib.util
+
+    if importlib.util.find_spec(CONFIG_MODULE) is None:
+        print(
+            f"error: anytrain's configs ({CONFIG_MODULE}) are not installed: install the package (pip install . ; in "
+            f"a checkout pip install -e ., again after pulling a change of its layout)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
 def main() -> None:
+    _configs_installed()
     ranks = _job_ranks()
     if ranks.world_size == 1:
         _hydra_main()
@@ -147,7 +165,7 @@ def run_from_dir(run_dir: str | Path) -> dict:
     ranks = _job_ranks()
     try:
         return fit(config_from_yaml(path.read_text()), run_dir, ranks)
-    except USER_ERRORS as e:  # as `train` does: one clear line in the job log, exit code 2
+    except CONFIG_ERRORS as e:  # as `train` does: one clear line in the job log, exit code 2
         print(f"error (rank {ranks.rank}): {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -3,7 +3,7 @@
 
 - `ranks`: rank, local rank and world size from the launcher's variables; the rendezvous store.
 - `devices`: device, backend, autocast, SDPA kernels, peak FLOP/s, memory, RNG.
-- `process_group`: the group's lifetime (`process_group()`, a context manager).
+- `group`: the process group's lifetime (`process_group()`, a context manager).
 - `collectives`: the few reductions the trainer issues itself, and `together`.
 - `parallel`: activation checkpointing, compile, DDP, FSDP2/HSDP (`ParallelConfig`, `parallelize`).
 """
@@ -25,7 +25,7 @@ from .devices import (
     set_rng_state,
     synchronize,
 )
-from .process_group import end_distributed, init_distributed, is_distributed, process_group
+from .group import end_distributed, init_distributed, is_distributed, process_group
 from .ranks import Ranks, discover_ranks, make_store, process_start_time, rendezvous_address
 
 __all__ = [

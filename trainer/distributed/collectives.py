@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 from .devices import auto_device_type
-from .process_group import is_distributed
+from .group import is_distributed
 
 T = TypeVar("T")
 
@@ -41,7 +41,7 @@ def _scalar(x: float, op: dist.ReduceOp) -> float:
         return x
     gloo = dist.get_backend() == "gloo"
     device = "cpu" if gloo else torch.device(auto_device_type(), torch.accelerator.current_device_index())
-    return _reduce(torch.tensor(x, dtype=torch.float64, device=device), op).item()
+    return _reduce(torch.tensor(x, dtype=torch.float32, device=device), op).item()  # fp64: not on every XPU
 
 
 def max_over_ranks(x: float) -> float:

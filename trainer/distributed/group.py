@@ -42,17 +42,17 @@ def end_distributed() -> None:
 
 @contextmanager
 def process_group(
-    ranks: Ranks, device_name: str, backend: str, timeout_s: float, store: dist.Store | None = None
+    ranks: Ranks, device: str, backend: str, timeout_s: float, store: dist.Store | None = None
 ) -> Iterator[torch.device]:
-    """This rank's device (`trainer.device`), with the process group started on it when there are several ranks,
-    and destroyed when the block ends, also on an error. Do the work in a function called inside the block, so its
-    locals (the model above all) are gone when the group goes; a failure's traceback would keep its frames alive,
-    so they are cleared on the way out (see end_distributed)."""
-    device = resolve_device(device_name, ranks.local_rank)
+    """This rank's device (`device` is the trainer.device setting: "auto" or a device type), with the process group
+    started on it when there are several ranks, and destroyed when the block ends, also on an error. Do the work in
+    a function called inside the block, so its locals (the model above all) are gone when the group goes; a
+    failure's traceback would keep its frames alive, so they are cleared on the way out (see end_distributed)."""
+    chosen = resolve_device(device, ranks.local_rank)
     if ranks.world_size > 1:
-        init_distributed(ranks, device, choose_backend(device.type, backend), store or make_store(ranks), timeout_s)
+        init_distributed(ranks, chosen, choose_backend(chosen.type, backend), store or make_store(ranks), timeout_s)
     try:
-        yield device
+        yield chosen
     except BaseException as e:
         traceback.clear_frames(e.__traceback__)
         raise
