@@ -9,7 +9,12 @@ collaborators.
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
+
+# When this process started, near enough: the commands import this package first, before torch. (A process's start
+# in /proc is its shell's when `... && train` runs train in place of the shell, minutes before.)
+STARTED = time.time()
 
 
 def _check_siblings() -> None:
@@ -23,10 +28,10 @@ def _check_siblings() -> None:
         if origin is None or Path(origin).resolve() != home / name / "__init__.py":
             found = origin or (list(spec.submodule_search_locations)[0] if spec else "nothing")
             print(
-                f"error: `import {name}` finds {found}, not anytrain's {home / name}: a module of that name in the "
-                f"current directory (or on PYTHONPATH) shadows it. Use the `train` / `anytrain` commands (also under "
-                f"torchrun --no-python, mpiexec and srun), which do not put the current directory on sys.path, or "
-                f"run from another directory",
+                f"error: `import {name}` finds {found}, not anytrain's {home / name}: a module of that name earlier on "
+                f"sys.path shadows it (the current directory under `python -m`, or a PYTHONPATH entry). Use the "
+                f"`train` / `anytrain` commands (also under torchrun --no-python, mpiexec and srun) with no "
+                f"PYTHONPATH entry for that directory, or run from another directory",
                 file=sys.stderr,
             )
             raise SystemExit(2)

@@ -6,7 +6,7 @@ once, in its dataclass, and every default lives there: the YAML files of configs
 """
 
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -34,7 +34,8 @@ class TrainerConfig:
     micro_batch: int = 16
     """Sequences per rank per micro-step; gradient accumulation = global_batch / (micro_batch * data-parallel ranks)."""
     eval_every: int = 50
-    """Evaluate the held-out loss every this many steps and at the last step; 0 evaluates only at the end."""
+    """Evaluate the held-out loss every this many steps and at the last step; 0 evaluates only at the end (and, on a
+    fresh start, at step 0: the curve's starting point)."""
     eval_batches: int = 10
     """Micro-batches of held-out data per evaluation (the same ones every time)."""
     log_every: int = 10
@@ -113,8 +114,30 @@ def register_schemas() -> None:
 
 
 def to_train_config(cfg: DictConfig) -> TrainConfig:
-    """Resolve interpolations and turn the composed config into dataclasses."""
-    return OmegaConf.to_object(cfg)
+    """Resolve interpolations and turn the composed config into dataclasses. A key the schema does not have is an
+    error here too: Hydra takes `+optim.eps=1e-6` (its own hint after it refused `optim.eps=1e-6`) and the key
+    would otherwise be carried along and never read."""
+    train_cfg = OmegaConf.to_object(cfg)
+    unknown = _unknown_keys(train_cfg)
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) {', '.join(unknown)}: no such field in the schema (a `+` adds a key, it does not "
+            f"make the trainer read it); check the spelling against `train --cfg job`"
+        )
+    return train_cfg
+
+
+def _unknown_keys(obj: object, prefix: str = "") -> list[str]:
+    """Dotted names of attributes a dataclass instance holds beyond its fields, at any depth."""
+    if not is_dataclass(obj):
+        return []
+    names = {f.name for f in fields(obj)}
+    found = [f"{prefix}{k}" for k in vars(obj) if k not in names]
+    for name in names:
+        value = getattr(obj, name)
+        for item in value if isinstance(value, list) else [value]:
+            found += _unknown_keys(item, f"{prefix}{name}.")
+    return found
 
 
 def config_to_yaml(cfg: TrainConfig) -> str:

@@ -1,6 +1,6 @@
 #!/bin/bash
 # anytrain SLURM job, rendered by trainer/cluster/launcher.py from the run's config (launcher group). Regenerate it with
-# `train launcher=slurm ...` rather than editing it. Runs or resumes RUN_DIR on {{ranks}} ranks over {{nodes}} node(s).
+# `train launcher=slurm ...` rather than editing it. Runs or resumes RUN_DIR on {{ranks}} rank(s) over {{nodes}} node(s).
 {{directives}}
 
 # Job start, for the time_to_first_step_s metric: first thing the job does.

@@ -135,3 +135,14 @@ def test_a_run_config_round_trips_with_its_optimizer_class(compose, name):
 def test_an_optimizer_field_is_checked_before_the_model_exists(compose):
     with pytest.raises(ValueError, match="optim.weight_decay must be >= 0"):
         check(compose("optim=lion", "optim.weight_decay=-0.1"))
+
+
+PLUS_TYPOS = ["+optim.eps=1e-6", "+model.dimm=3", "+trainer.max_stepz=3", "+data.tokenizer.x=1"]
+
+
+@pytest.mark.parametrize("override", PLUS_TYPOS)
+def test_a_key_added_with_plus_that_no_field_reads_is_an_error(compose, override):
+    """Hydra's hint after refusing optim.eps under Lion is `+optim.eps`, which it then accepts: the key would be
+    carried along and never read."""
+    with pytest.raises(ValueError, match=f"unknown config key.*{override[1:].split('=')[0]}"):
+        to_train_config(compose("optim=lion", override))

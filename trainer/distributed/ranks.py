@@ -5,7 +5,6 @@ knows launchers; nothing else reads their variables."""
 import os
 import socket
 import subprocess
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -158,19 +157,10 @@ def make_store(ranks: Ranks, timeout_s: float = 1800.0) -> dist.Store:
 
 
 def process_start_time() -> float:
-    """Wall-clock time the job started: $ANYTRAIN_JOB_START (set by job scripts) or this process's start."""
+    """Wall-clock time the job started: $ANYTRAIN_JOB_START (set by job scripts as their first command), else when
+    this process imported anytrain (its first import: a few milliseconds after the interpreter started)."""
     if os.environ.get("ANYTRAIN_JOB_START"):
         return float(os.environ["ANYTRAIN_JOB_START"])
-    try:  # Linux: the process's age, from its start and the uptime, both counted since boot
-        with open("/proc/self/stat") as f:
-            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        # Not /proc/stat's btime: the boot time in wall-clock terms goes stale when the clock is stepped after boot
-        # (NTP on a freshly booted machine), which put a first run's time to first step a minute off.
-        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return _IMPORT_TIME
+    from .. import STARTED
 
-
-_IMPORT_TIME = time.time()
+    return STARTED
