@@ -79,6 +79,12 @@ def build_run(cfg: TrainConfig, run_dir: str | Path, ranks: distributed.Ranks, d
     if cfg.checkpoint.load_state not in ("model", "all"):
         raise ValueError(f"checkpoint.load_state must be model or all, got {cfg.checkpoint.load_state!r}")
     source, full = resume_source(cfg, run_dir, ranks.is_main)
+    if cfg.trainer.max_steps == 0 and full:
+        raise ValueError(
+            f"trainer.max_steps=0 evaluates in a run directory of its own, and {run_dir} holds a run's checkpoints "
+            f"(its config and metrics would be overwritten): use checkpoint.load={run_dir} with another "
+            f"trainer.run_dir"
+        )
     meta = read_meta(source) if source else None
     if full and cfg.data.streams is None:  # keep the saved stream layout, so data resumes exactly on any world size
         cfg = replace(cfg, data=replace(cfg.data, streams=meta.get("data_streams")))

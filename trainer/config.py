@@ -168,6 +168,8 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     t = cfg.trainer
     if t.max_steps < 0:
         raise ValueError(f"trainer.max_steps must be >= 0 (0 evaluates and exits), got {t.max_steps}")
+    if t.max_steps == 0 and cfg.launcher.chain:
+        raise ValueError("trainer.max_steps=0 evaluates once: set launcher.chain=0 (a chain would evaluate again)")
     for name in ("global_batch", "micro_batch", "log_every", "eval_batches"):
         if getattr(t, name) <= 0:
             raise ValueError(f"trainer.{name} must be positive, got {getattr(t, name)}")

@@ -170,7 +170,8 @@ def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
         if start == 0:
             log.log({"step": 0, "val_loss": evaluate(run)})  # the starting point of the held-out curve
         stream = iter(run.train_stream)
-        window_start, window_steps, steady_start = time.perf_counter(), 0, 0.0
+        window_start, window_steps = time.perf_counter(), 0
+        steady_start, steady_step = None, None  # set at the first trained step's log: the ETA's clock
         for step in range(start + 1, t.max_steps + 1):
             lr = run.scheduler.get_last_lr()[0]
             batches = [next(stream) for _ in range(run.accum)]
@@ -197,8 +198,8 @@ def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
                 metrics["tokens_per_s_per_device"] = tokens_per_s / world
                 metrics["mfu"] = run.flops_per_token * tokens_per_s / world / peak if peak else None
                 metrics["peak_mem_gib"] = distributed.peak_memory_gib(run.device)
-                if step > start + 1:  # from steady steps only: the first one also warms up
-                    rate = (time.perf_counter() - steady_start) / (step - start - 1)
+                if steady_start is not None:  # from steady steps only: the first trained one also warms up
+                    rate = (time.perf_counter() - steady_start) / (step - steady_step)
                     metrics["eta_s"] = rate * (t.max_steps - step)
                 metrics["batch_hash"] = _fingerprint(batches)
                 metrics["skipped_steps"], too_many = run.spikes.read()
@@ -220,7 +221,8 @@ def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
                 log.log(metrics)
                 last = metrics
                 window_start, window_steps = time.perf_counter(), 0
-                steady_start = window_start if step == start + 1 else steady_start
+                if steady_start is None:
+                    steady_start, steady_step = window_start, step
             stop = stop or preemption.agreed()
             if stop or (cfg.checkpoint.every > 0 and (step % cfg.checkpoint.every == 0 or is_last)):
                 save_run(run, step)

@@ -16,7 +16,7 @@ from trainer.config import to_train_config
 from .conftest import JOB, clean_env, train
 
 SHELLCHECK = shutil.which("shellcheck")
-ENTRY = shlex.join(launcher.entry("python3"))  # `anytrain`, safe from the job directory, in the setup's environment
+ENTRY = launcher.ANYTRAIN  # `anytrain` with the job's $PYTHON, safe from the job directory
 AURORA_BIND = "list:1-8:9-16:17-24:25-32:33-40:41-48:53-60:61-68:69-76:77-84:85-92:93-100"
 CONFIGS = {
     "slurm-default": ["launcher=slurm"],
@@ -124,22 +124,36 @@ def test_aurora_profile_renders_mpiexec_with_the_cpu_bind_list(compose, tmp_path
     for line in ["#PBS -l select=8:mpiprocs=12", "#PBS -l filesystems=home:flare", "#PBS -A MYPROJ", "#PBS -q prod"]:
         assert line in text.splitlines(), line
     assert (
-        f'mpiexec --envall --np 96 --ppn 12 --hostfile "$PBS_NODEFILE" --cpu-bind {AURORA_BIND} {ENTRY} run "$RUN_DIR"'
+        f'mpiexec --envall --np 96 --ppn 12 --hostfile "$HOSTFILE" --cpu-bind {AURORA_BIND} {ENTRY} run "$RUN_DIR"'
     ) in text
+    assert 'awk \'!seen[$0]++\' "$PBS_NODEFILE" >"$HOSTFILE"' in text  # each host once, in order
     assert "export ZE_FLAT_DEVICE_HIERARCHY=FLAT" in text
     assert "watchdog" not in text  # off unless idle_timeout or max_retries is set
 
 
 def test_the_job_runs_the_python_of_the_environment_its_setup_makes(compose, tmp_path):
     """A venv path of the machine that renders the script may not exist on the nodes; launcher.setup's does."""
-    own = launcher.render(job_config(compose, ["launcher=slurm"]), tmp_path / "a")
-    assert f'{shlex.join(launcher.entry(sys.executable))} run "$RUN_DIR"' in own  # no setup: this interpreter
+    own = launcher.render(job_config(compose, ["launcher=slurm"]), tmp_path / "a").splitlines()
+    assert f"PYTHON={shlex.quote(sys.executable)}" in own  # no setup: this interpreter
     made = launcher.render(
         job_config(compose, ["launcher=slurm", "launcher.setup=['source /x/bin/activate']"]), tmp_path
     )
-    assert f'{ENTRY} run "$RUN_DIR"' in made and sys.executable not in made
+    lines = made.splitlines()
+    at = lines.index("PYTHON=python3")  # after the setup block; this interpreter only if that one lacks anytrain
+    assert lines.index("source /x/bin/activate") < at and lines[at + 1].endswith(f"|| PYTHON={sys.executable}")
     given = ["launcher=pbs", "launcher.setup=['module load x']", "launcher.python=/opt/py/bin/python"]
-    assert "/opt/py/bin/python -c" in launcher.render(job_config(compose, given), tmp_path / "b")
+    assert "PYTHON=/opt/py/bin/python" in launcher.render(job_config(compose, given), tmp_path / "b").splitlines()
+
+
+@pytest.mark.parametrize("found", ["with anytrain", "without anytrain"])
+def test_the_rendered_python_probe_falls_back_only_without_anytrain(tmp_path, monkeypatch, found):
+    here = sys.executable
+    monkeypatch.setattr(sys, "executable", "/the/rendering/python")  # what the probe falls back to
+    probe = launcher._python_lines(launcher.LauncherConfig(name="slurm", setup=["true"]))[1]
+    start = here if found == "with anytrain" else sys._base_executable  # the bare interpreter has no anytrain
+    r = subprocess.run(["bash", "-c", f'PYTHON={start}; {probe}; echo "$PYTHON"'], capture_output=True, text=True,
+                       cwd=tmp_path)  # fmt: skip
+    assert r.stdout.strip() == (here if found == "with anytrain" else "/the/rendering/python")
 
 
 def test_pbs_select_carries_cpus_gpus_and_ranks_per_node(compose, tmp_path):
@@ -148,6 +162,7 @@ def test_pbs_select_carries_cpus_gpus_and_ranks_per_node(compose, tmp_path):
     assert "#PBS -l select=2:ncpus=64:ngpus=4:mpiprocs=4" in pbs.splitlines()
     slurm = launcher.render(job_config(compose, ["launcher=slurm", "launcher.nodes=2", *per_node]), tmp_path / "s")
     assert {"#SBATCH --gpus-per-node=4", "#SBATCH --cpus-per-task=16"} <= set(slurm.splitlines())
+    assert "srun --ntasks=8 --ntasks-per-node=4 --kill-on-bad-exit=1 --cpus-per-task=16 " in slurm
     assert "#PBS -l select=1:mpiprocs=1" in launcher.render(job_config(compose, ["launcher=pbs"]), tmp_path / "d")
 
 

@@ -27,6 +27,10 @@ def test_a_run_that_fails_validation_leaves_nothing_on_disk(tmp_path, tok_cache)
     (kept / "notes.txt").write_text("mine")
     subprocess.run([*TRAIN, "model.n_heads=3", f"trainer.run_dir={kept}"], capture_output=True, cwd=tmp_path)
     assert (kept / "notes.txt").read_text() == "mine"  # a directory with anything else in it stays
+    prepared = tmp_path / "prepared"  # made beforehand (striped on a parallel file system, say): it stays, empty
+    prepared.mkdir()
+    subprocess.run([*TRAIN, "model.n_heads=3", f"trainer.run_dir={prepared}"], capture_output=True, cwd=tmp_path)
+    assert prepared.is_dir() and list(prepared.iterdir()) == []
 
 
 def _one_book(tmp_path) -> str:
@@ -87,3 +91,12 @@ def test_missing_optional_packages_and_broken_launcher_variables_are_one_line(tm
         and r.stderr.startswith("error: RANK is set but no local rank")
         and "Traceback" not in r.stderr
     )
+
+
+def test_eta_when_the_first_step_is_skipped(compose, tok_cache, tmp_path):
+    """trainer.skip_steps on the first step after a start: the ETA clock starts at the first trained step."""
+    overrides = [*TINY, tok_cache, "trainer.max_steps=6", "trainer.log_every=1", "trainer.eval_every=0"]
+    fit(to_train_config(compose(*overrides, "schedule.warmup_steps=1", "trainer.skip_steps=[[1,1]]")), tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    etas = [r["eta_s"] for r in rows if "eta_s" in r]
+    assert etas and all(0 <= e < 60 for e in etas), etas

@@ -48,7 +48,9 @@ def test_train_takes_the_architecture_and_the_tokenizer_from_the_import(imported
     assert f"weights loaded from {imported}: model weights only" in out
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert (saved["model"]["dim"], saved["model"]["n_kv_heads"], saved["model"]["vocab_size"]) == (64, 2, 512)
-    assert saved["data"]["tokenizer"]["path"] == str(imported.resolve() / "tokenizer.json")
+    copy = tmp_path / "run" / "tokenizer.json"  # a copy in the run: the import may move, a step-N dir be pruned
+    assert saved["data"]["tokenizer"]["path"] == str(copy.resolve())
+    assert copy.read_bytes() == (imported / "tokenizer.json").read_bytes()
 
 
 def test_every_disagreement_is_listed_at_once_with_the_fix(imported, tmp_path):
@@ -76,3 +78,26 @@ def test_max_steps_zero_evaluates_and_exits(imported, tmp_path):
     assert len(rows) == 1 and rows[0]["step"] == 0 and rows[0]["val_loss"] > 0
     assert "evaluation only" in r.stdout + r.stderr
     assert not (tmp_path / "r" / "checkpoints").exists() and not (tmp_path / "r" / "DONE").exists()
+
+
+def test_rerunning_the_same_command_resumes_with_what_was_taken(imported, tmp_path):
+    """The second run of the same command resumes from its own checkpoint with the same architecture and
+    tokenizer, which it takes from there and from the run directory's copy of the tokenizer."""
+    common = [*RUN, f"checkpoint.load={imported}", f"trainer.run_dir={tmp_path}/run", "checkpoint.every=2"]
+    assert _train(*common, cwd=tmp_path).returncode == 0
+    assert (tmp_path / "run" / "tokenizer.json").read_bytes() == (imported / "tokenizer.json").read_bytes()
+    r = _train(*[o.replace("max_steps=2", "max_steps=4") for o in common], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "weights loaded from" in r.stdout + r.stderr and "resumed at step 2" in r.stdout + r.stderr
+    r = _train(*RUN, "trainer.max_steps=0", f"trainer.run_dir={tmp_path}/run", f"checkpoint.load={imported}",
+               cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 2 and "trainer.max_steps=0 evaluates in a run directory of its own" in r.stderr
+
+
+def test_an_import_without_a_tokenizer_must_be_told_which(tmp_path):
+    config = transformers.LlamaConfig(**HF, vocab_size=512, max_position_embeddings=1024)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "hf")
+    r = subprocess.run([*ANYTRAIN, "import-hf", tmp_path / "hf", tmp_path / "ck"], capture_output=True, text=True)
+    assert r.returncode == 0 and "has no tokenizer.json" in r.stdout
+    r = _train(*RUN, f"checkpoint.load={tmp_path / 'ck'}", f"trainer.run_dir={tmp_path}/run", cwd=tmp_path)
+    assert r.returncode == 2 and "holds no tokenizer.json, so its tokenizer is unknown" in r.stderr

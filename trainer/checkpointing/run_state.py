@@ -3,6 +3,7 @@ run resumes from, and how that state is put back. The only place that knows whic
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,13 +46,17 @@ ADOPTED_MODEL_FIELDS = (*ARCH_FIELDS, "max_seq_len")
 
 def adopt_checkpoint(cfg: TrainConfig, run_dir: Path, given: set[str]) -> tuple[TrainConfig, list[str]]:
     """What checkpoint.load's checkpoint knows and the command line did not set: the model's architecture and the
-    tokenizer it was trained with (its tokenizer.json), so that `train checkpoint.load=DIR` needs no hand-typed
-    fields. `given`: the keys set on the command line ("model" for a model=... choice, "model.dim", ...); a given
-    field is kept, and build_run lists every disagreement. Returns the config and the overrides it took. Nothing is
-    taken when the run resumes from its own checkpoints, which win over checkpoint.load."""
-    if not cfg.checkpoint.load or complete_checkpoints(run_dir / CHECKPOINTS, warn=False):
+    tokenizer it was trained with, so that `train checkpoint.load=DIR` needs no hand-typed fields. `given`: the
+    keys set on the command line ("model" for a model=... choice, "model.dim", ...); a given field is kept, and
+    build_run lists every disagreement. Returns the config and the overrides it took.
+
+    The tokenizer.json is copied into the run directory and the config points there: a step-N directory of
+    another run is pruned sooner or later, and an import directory may move. Rerunning the same command to resume
+    takes the same fields again, from the run's own newest checkpoint, which wins over checkpoint.load."""
+    if not cfg.checkpoint.load:
         return cfg, []
-    source = resolve_load_path(cfg.checkpoint.load)
+    own = complete_checkpoints(run_dir / CHECKPOINTS, warn=False)
+    source = own[0] if own else resolve_load_path(cfg.checkpoint.load)
     meta, taken, model = read_meta(source), [], cfg.model
     if "model" not in given:
         saved = meta.get("model", {})
@@ -63,12 +68,21 @@ def adopt_checkpoint(cfg: TrainConfig, run_dir: Path, given: set[str]) -> tuple[
         model = replace(model, **changes)
         taken += [override(n, v) for n, v in changes.items()]
     tok = cfg.data.tokenizer
-    if not any(k.startswith("data.tokenizer") for k in given) and (source / TOKENIZER).is_file():
-        eos = (meta.get("tokenizer") or {}).get("eos_token") or tok.eos_token
-        path = str((source / TOKENIZER).resolve())
-        if (tok.kind, tok.path, tok.eos_token) != ("file", path, eos):
-            tok = replace(tok, kind="file", path=path, eos_token=eos)
-            taken.append(f"data.tokenizer.kind=file data.tokenizer.path={path}")
+    if not given & {"data.tokenizer.kind", "data.tokenizer.path"}:  # the user did not choose one
+        if not (source / TOKENIZER).is_file():
+            raise CheckpointError(
+                f"checkpoint {source} holds no {TOKENIZER}, so its tokenizer is unknown: name the one its weights "
+                f"were trained with (data.tokenizer.kind=file data.tokenizer.path=.../tokenizer.json, or kind=gpt2)"
+            )
+        copy = run_dir / TOKENIZER
+        if not copy.is_file() or (not own and copy.read_bytes() != (source / TOKENIZER).read_bytes()):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / TOKENIZER, copy)
+        eos = tok.eos_token if "data.tokenizer.eos_token" in given else (meta.get("tokenizer") or {}).get("eos_token")
+        new = replace(tok, kind="file", path=str(copy.resolve()), eos_token=eos or tok.eos_token)
+        if new != tok:
+            tok = new
+            taken.append(f"data.tokenizer.kind=file data.tokenizer.path={new.path} (a copy of {source / TOKENIZER})")
     return replace(cfg, model=model, data=replace(cfg.data, tokenizer=tok)), taken
 
 

@@ -63,12 +63,19 @@ def _export_hf(args: argparse.Namespace) -> None:
 
 
 def _import_hf(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from ..interop import import_hf
 
     _fail_clearly(lambda a: import_hf(a.hf_dir, a.out_dir, a.force), args)
+    if not (Path(args.out_dir) / "tokenizer.json").is_file():
+        print(
+            f"note: {args.hf_dir} has no tokenizer.json, so the import has none: train from it with its tokenizer "
+            f"named, e.g. data.tokenizer.kind=file data.tokenizer.path=PATH/tokenizer.json"
+        )
     print(
         f"train from it: train checkpoint.load={args.out_dir} (its architecture and tokenizer are taken from it; "
-        f"add data.sources=[{{path: YOUR_DATA}}] for your own corpus, trainer.max_steps=0 to evaluate it only)"
+        f"add 'data.sources=[{{path: YOUR_DATA}}]' for your own corpus, trainer.max_steps=0 to evaluate it only)"
     )
 
 

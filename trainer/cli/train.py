@@ -42,6 +42,7 @@ class _Job:
 
     ranks = distributed.Ranks()
     store = None
+    existing_dirs: set[Path] = set()  # trainer.run_dir paths given on the command line that existed at the start
 
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="train")
@@ -70,10 +71,17 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def _discard_if_unused(run_dir: Path) -> None:
-    """A run that failed before it wrote anything of its own leaves no directory behind: Hydra made it (its .hydra/
-    and log) before the config was checked. A directory holding anything else is kept as it is."""
-    if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
-        shutil.rmtree(run_dir, ignore_errors=True)
+    """A run that failed before it wrote anything of its own leaves nothing behind: Hydra wrote its .hydra/ and
+    log before the config was checked. Only those are removed, and the directory itself only when Hydra made it
+    (not a trainer.run_dir that existed before, prepared with its striping, say). Anything else in it stays."""
+    hydra_files = {run_dir / ".hydra", run_dir / f"{HydraConfig.get().job.name}.log"}
+    if not run_dir.is_dir() or any(p not in hydra_files for p in run_dir.iterdir()):
+        return
+    for p in hydra_files:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    if run_dir.resolve() not in _Job.existing_dirs:
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()
         if run_dir.parent.name == "runs":  # the default parent of dated run dirs, when this run was all it held
             with contextlib.suppress(OSError):
                 run_dir.parent.rmdir()
@@ -129,6 +137,8 @@ def _configs_installed() -> None:
 
 def main() -> None:
     _configs_installed()
+    given = [a.split("=", 1)[1] for a in sys.argv[1:] if a.lstrip("+").startswith("trainer.run_dir=")]
+    _Job.existing_dirs = {Path(d).expanduser().resolve() for d in given if Path(d).expanduser().exists()}
     ranks = _job_ranks()
     if ranks.world_size == 1:
         _hydra_main()

@@ -189,17 +189,29 @@ def _lines(prefix: str, items: list[str]) -> str:
     return "\n".join(f"{prefix}{item}" for item in items)
 
 
-def entry(python: str) -> list[str]:
-    """The command line that runs `anytrain` with this interpreter, safe from the job directory's own modules."""
-    return [python, "-c", ENTRY]
+# The job script's command that runs `anytrain` with $PYTHON (chosen by _python_lines), safe from the job
+# directory's own modules.
+ANYTRAIN = f'"$PYTHON" -c {shlex.quote(ENTRY)}'
 
 
-def _watchdog(lc: LauncherConfig, python: str, run_dir: Path) -> str:
+def _python_lines(lc: LauncherConfig) -> list[str]:
+    """Set $PYTHON in the job: launcher.python; else, after launcher.setup, python3 of the environment it made if
+    that one has anytrain (a venv it activated), falling back to the interpreter that renders the script (a setup
+    that only loads modules, with anytrain in a venv on a shared file system)."""
+    if lc.python:
+        return [f"PYTHON={_q(lc.python)}"]
+    if not lc.setup:
+        return [f"PYTHON={_q(sys.executable)}"]
+    probe = "import importlib.util as u, sys; sys.exit(u.find_spec('trainer') is None)"
+    return ["PYTHON=python3", f'"$PYTHON" -c {_q(probe)} 2>/dev/null || PYTHON={_q(sys.executable)}']
+
+
+def _watchdog(lc: LauncherConfig, run_dir: Path) -> str:
     if lc.idle_timeout <= 0 and lc.max_retries <= 0:
         return ""
-    args = [*entry(python), "watchdog", "--idle-timeout", lc.idle_timeout, "--retries"]
+    args = ["watchdog", "--idle-timeout", lc.idle_timeout, "--retries"]
     args += [lc.max_retries, "--backoff", lc.retry_backoff_s, "--done-file", run_dir / "DONE", "--"]
-    return " ".join(_q(a) for a in args) + " "
+    return ANYTRAIN + " " + " ".join(_q(a) for a in args) + " "
 
 
 def render(cfg, run_dir: str | Path) -> str:
@@ -213,8 +225,6 @@ def render(cfg, run_dir: str | Path) -> str:
         raise ValueError(
             f"the run directory {str(run_dir)!r} contains white space, which #SBATCH/#PBS lines cannot hold"
         )
-    # The job's own environment when launcher.setup makes one: this machine's venv path may not exist on the nodes.
-    python = lc.python or ("python3" if lc.setup else sys.executable)
     workdir = Path(lc.workdir or os.getcwd()).resolve()
     job_name = lc.job_name or ("anytrain-" + re.sub(r"[^A-Za-z0-9_.-]", "_", run_dir.name))[:64]
     directives: list[str] = []
@@ -229,6 +239,8 @@ def render(cfg, run_dir: str | Path) -> str:
             directives += [f"--cpus-per-task={lc.cpus_per_node // lc.ranks_per_node}"]
         launch = ["srun", f"--ntasks={ranks}", f"--ntasks-per-node={lc.ranks_per_node}", "--kill-on-bad-exit=1"]
         launch += [f"--cpu-bind={lc.cpu_bind}"] if lc.cpu_bind else []
+        # srun of Slurm 22.05-23.02 does not take --cpus-per-task from the job's directives: give it again.
+        launch += [f"--cpus-per-task={lc.cpus_per_node // lc.ranks_per_node}"] if lc.cpus_per_node else []
     else:
         chunk = f"{nodes}" + (f":ncpus={lc.cpus_per_node}" if lc.cpus_per_node else "")
         chunk += (f":ngpus={lc.gpus_per_node}" if lc.gpus_per_node else "") + f":mpiprocs={lc.ranks_per_node}"
@@ -238,15 +250,20 @@ def render(cfg, run_dir: str | Path) -> str:
         directives += [f"-l filesystems={lc.filesystems}"] if lc.filesystems else []
         directives += ["-j oe", f"-o {run_dir}/"]
         launch = ["mpiexec", "--envall", "--np", str(ranks), "--ppn", str(lc.ranks_per_node)]
-        launch += ["--hostfile", "$PBS_NODEFILE"]
+        launch += ["--hostfile", "$HOSTFILE"]
         launch += ["--cpu-bind", lc.cpu_bind] if lc.cpu_bind else []
     prefix = "#SBATCH " if lc.name == "slurm" else "#PBS "
     launch += list(lc.launcher_args)
-    command = " ".join('"$PBS_NODEFILE"' if a == "$PBS_NODEFILE" else _q(a) for a in launch)
-    command += " " + " ".join(_q(a) for a in (*entry(python), "run")) + ' "$RUN_DIR"'
-    setup = "# (no launcher.setup lines)"
+    command = " ".join('"$HOSTFILE"' if a == "$HOSTFILE" else _q(a) for a in launch)
+    command += f' {ANYTRAIN} run "$RUN_DIR"'
+    hosts = ""
+    if lc.name == "pbs":  # PBS lists a host once per mpiprocs: mpiexec --ppn takes each host once, in order
+        hosts = 'HOSTFILE="$RUN_DIR/.hosts-${PBS_JOBID:-job}"\n'
+        hosts += 'awk \'!seen[$0]++\' "$PBS_NODEFILE" >"$HOSTFILE"\n'
+    setup = ["# (no launcher.setup lines)"]
     if lc.setup:  # verbatim site lines, grouped so that one shellcheck directive covers them (sourced files)
-        setup = "\n".join(["# launcher.setup", "# shellcheck disable=SC1090,SC1091", "{", *lc.setup, "}"])
+        setup = ["# launcher.setup", "# shellcheck disable=SC1090,SC1091", "{", *lc.setup, "}"]
+    setup = "\n".join([*setup, "# The interpreter every rank runs (launcher.python)", *_python_lines(lc)])
     values = {
         "directives": _lines(prefix, directives + list(lc.directives)),
         "run_dir": _q(run_dir),
@@ -254,7 +271,7 @@ def render(cfg, run_dir: str | Path) -> str:
         "workdir": _q(workdir),
         "chain": str(lc.chain),
         "setup": setup,
-        "command": _watchdog(lc, python, run_dir) + command,
+        "command": hosts + _watchdog(lc, run_dir) + command,
         "nodes": str(nodes),
         "ranks": str(ranks),
     }
