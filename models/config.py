@@ -34,6 +34,20 @@ class ModelConfig:
     """Tokens whose logits the training loss holds at once (models/loss.py); each chunk's gradient is taken in the
     forward pass, so a 128K vocabulary never needs full-size fp32 logits. 0 computes all logits at once (the plain
     loss). The value does not change the result beyond float rounding."""
+    attention: str = "causal"
+    """"causal": every token attends to all earlier tokens of the packed sequence; "document": only to earlier
+    tokens of its own document (documents end at model.eos_id), and the position whose target is the next
+    document's first token is left out of the loss (nothing of that document is visible from it)."""
+    positions: str = "sequence"
+    """RoPE positions: "sequence" counts from the start of the packed sequence; "document" restarts at every
+    document (at model.eos_id), so each document sees the positions it would alone."""
+    eos_id: int | None = None
+    """The id that ends a document, for attention/positions "document". None takes the tokenizer's EOS."""
+    document_kernel: str = "auto"
+    """How attention=document is computed: "flex" (FlexAttention with a block mask built once per batch: skips
+    masked blocks; CUDA), "sdpa" (scaled_dot_product_attention with a dense boolean mask: any device), or "auto"
+    (the trainer picks flex on CUDA, sdpa elsewhere; a model built outside the trainer takes sdpa). The same
+    function either way, up to float rounding."""
     init_std: float | None = None
     """Std of the truncated-normal init of linear layers. None means sqrt(2 / (5 * dim)), which scales with width;
     output projections are further divided by sqrt(2 * n_layers)."""
@@ -45,6 +59,14 @@ class ModelConfig:
     @property
     def kv_heads(self) -> int:
         return self.n_kv_heads or self.n_heads
+
+    @property
+    def per_document(self) -> bool:
+        """Whether document boundaries matter (attention or positions)."""
+        return self.attention == "document" or self.positions == "document"
+
+
+ATTENTION, POSITIONS, KERNELS = ("causal", "document"), ("sequence", "document"), ("auto", "flex", "sdpa")
 
 
 def validate_model_config(cfg: ModelConfig) -> None:
@@ -68,6 +90,9 @@ def validate_model_config(cfg: ModelConfig) -> None:
         )
     if cfg.rope_style not in ("half", "interleaved"):
         raise ValueError(f"model.rope_style must be 'half' or 'interleaved', got {cfg.rope_style!r}")
+    for name, choices in (("attention", ATTENTION), ("positions", POSITIONS), ("document_kernel", KERNELS)):
+        if getattr(cfg, name) not in choices:
+            raise ValueError(f"model.{name} must be one of {choices}, got {getattr(cfg, name)!r}")
     if cfg.vocab_size is not None and cfg.vocab_size <= 0:
         raise ValueError(f"model.vocab_size must be positive or null, got {cfg.vocab_size}")
 

@@ -1,7 +1,9 @@
 """A Llama-style decoder that a reader takes in at once.
 
 Pre-norm RMSNorm, rotary position embeddings, SwiGLU, grouped-query attention through
-`F.scaled_dot_product_attention(is_causal=True)`, optional QK-norm, tied or untied embeddings.
+`F.scaled_dot_product_attention(is_causal=True)`, optional QK-norm, tied or untied embeddings. With
+model.attention=document, attention stays inside each packed document (documents.py: a dense mask for SDPA or a
+FlexAttention block mask), and with model.positions=document RoPE restarts at every document.
 """
 
 import math
@@ -10,8 +12,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import documents
 from .config import ModelConfig, validate_model_config
 from .loss import ce_chunk, chunked_cross_entropy, plain_cross_entropy
+
+_flex = None  # FlexAttention compiled once (eager FlexAttention materialises the scores: slow and large)
+
+
+def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, gqa: bool) -> torch.Tensor:
+    global _flex
+    if _flex is None:
+        from torch.nn.attention.flex_attention import flex_attention as flex
+
+        _flex = torch.compile(flex, dynamic=False)
+    return _flex(q, k, v, block_mask=mask, enable_gqa=gqa)
 
 
 def rope_tables(
@@ -47,7 +61,8 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask=None) -> torch.Tensor:
+        """mask: None (causal), a [B, 1, T, T] boolean tensor (SDPA) or a FlexAttention BlockMask."""
         b, t, _ = x.shape
         q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -56,7 +71,12 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin, self.rope_style), apply_rope(k, cos, sin, self.rope_style)
         gqa = self.n_kv_heads != self.n_heads
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        elif isinstance(mask, torch.Tensor):
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        else:
+            y = flex_attention(q, k, v, mask, gqa)
         return self.wo(y.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -79,8 +99,8 @@ class Block(nn.Module):
         self.ffn_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask=None) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, mask)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -90,6 +110,8 @@ class Llama(nn.Module):
         validate_model_config(cfg)
         if cfg.vocab_size is None:
             raise ValueError("model.vocab_size is null: resolve it from the tokenizer before building the model")
+        if cfg.per_document and cfg.eos_id is None:
+            raise ValueError("model.attention/positions=document needs model.eos_id: resolve it from the tokenizer")
         self.cfg = cfg
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
@@ -126,13 +148,20 @@ class Llama(nn.Module):
 
     def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
         """Final normalised hidden states [B, T, dim] for tokens [B, T]."""
-        t = tokens.shape[1]
-        if t > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {t} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        cfg, t = self.cfg, tokens.shape[1]
+        if t > cfg.max_seq_len:
+            raise ValueError(f"sequence of {t} tokens exceeds model.max_seq_len={cfg.max_seq_len}")
         cos, sin = self.rope_cos[:t], self.rope_sin[:t]
+        if cfg.positions == "document":  # [B, 1, T, head_dim / 2]: broadcast over heads
+            pos = documents.document_positions(tokens, cfg.eos_id)
+            cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]
+        mask = None
+        if cfg.attention == "document":  # built once per batch, shared by every layer
+            docs = documents.document_ids(tokens, cfg.eos_id)
+            mask = documents.block_mask(docs) if cfg.document_kernel == "flex" else documents.dense_mask(docs)
         x = self.tok_embeddings(tokens)
         for layer in self.layers:
-            x = layer(x, cos, sin)
+            x = layer(x, cos, sin, mask)
         return self.norm(x)
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
@@ -140,6 +169,8 @@ class Llama(nn.Module):
         h = self.hidden(tokens)
         if targets is None:
             return self.output(h)
+        if self.cfg.attention == "document":
+            targets = documents.masked_targets(tokens, targets, self.cfg.eos_id)
         if self.cfg.loss_chunk == 0:
             return plain_cross_entropy(h, self.output.weight, targets)
         return chunked_cross_entropy(h, self.output.weight, targets, self.cfg.loss_chunk, self._ce_chunk)

@@ -15,6 +15,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+IGNORE = -100  # a target the loss leaves out (as F.cross_entropy's ignore_index)
+
 
 def plain_cross_entropy(h: torch.Tensor, head: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of logits h @ head.T against targets, with the softmax in fp32 (the reference)."""
@@ -23,31 +25,36 @@ def plain_cross_entropy(h: torch.Tensor, head: torch.Tensor, targets: torch.Tens
 
 
 def ce_chunk(
-    logits: torch.Tensor, targets: torch.Tensor, scale: float, want_grad: bool
+    logits: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor, want_grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Summed cross-entropy of one chunk of logits, in fp32, and (when asked) d(scale * sum)/d(logits) in the
-    logits' dtype. Kept free of autograd so torch.compile can fuse it into a couple of passes over the chunk."""
+    logits' dtype; targets equal to IGNORE (-100) count nothing. Kept free of autograd so torch.compile can fuse
+    it into a couple of passes over the chunk."""
     x = logits.float()
-    lse = torch.logsumexp(x, dim=-1)
-    loss = (lse - x.gather(1, targets[:, None]).squeeze(1)).sum()
+    keep = (targets != IGNORE)[:, None]
+    safe = targets.clamp(min=0)[:, None]
+    lse = torch.logsumexp(x, dim=-1, keepdim=True)
+    loss = ((lse - x.gather(1, safe)) * keep).sum()
     if not want_grad:
         return loss, None
-    grad = torch.exp(x - lse[:, None])
-    grad.scatter_add_(1, targets[:, None], torch.full_like(lse[:, None], -1.0))
-    return loss, (grad * scale).to(logits.dtype)
+    grad = torch.exp(x - lse)
+    grad.scatter_add_(1, safe, torch.full_like(lse, -1.0))
+    return loss, (grad * (keep * scale)).to(logits.dtype)
 
 
-ChunkFn = Callable[[torch.Tensor, torch.Tensor, float, bool], tuple[torch.Tensor, torch.Tensor | None]]
+ChunkFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor | None]]
 
 
 def _chunked(h, head, targets, chunk: int, fn: ChunkFn, need_h: bool, need_w: bool):
-    """(mean loss, d loss/d h, d loss/d head); a gradient not needed is None and never computed. The matmuls run
-    in h's dtype; the head's gradient is accumulated over chunks in fp32 and returned in the head's dtype."""
-    n, weight = h.shape[0], head.to(h.dtype)
+    """(mean loss over the counted targets, d loss/d h, d loss/d head); a gradient not needed is None and never
+    computed. The matmuls run in h's dtype; the head's gradient is accumulated over chunks in fp32 and returned in
+    the head's dtype. The count stays on the device (no host sync)."""
+    rows, weight = h.shape[0], head.to(h.dtype)
+    n = (targets != IGNORE).sum().clamp(min=1).float()
     loss = torch.zeros((), dtype=torch.float32, device=h.device)
     grad_h = torch.empty_like(h) if need_h else None
     grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-    for start in range(0, n, chunk):
+    for start in range(0, rows, chunk):
         hc, tc = h[start : start + chunk], targets[start : start + chunk]
         part, g = fn(hc @ weight.t(), tc, 1.0 / n, need_h or need_w)
         loss += part

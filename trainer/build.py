@@ -40,6 +40,38 @@ def resolve_vocab(cfg: TrainConfig, tokenizer_vocab: int) -> TrainConfig:
     return replace(cfg, model=replace(cfg.model, vocab_size=vocab))
 
 
+def resolve_eos(cfg: TrainConfig, tokenizer: Tokenizer) -> TrainConfig:
+    """Fill a null model.eos_id from the tokenizer when documents matter (model.attention/positions=document),
+    or check that it is the tokenizer's EOS: the model finds document boundaries by it."""
+    if not cfg.model.per_document:
+        return cfg
+    eos = data.eos_id(tokenizer, cfg.data.tokenizer.eos_token)
+    if cfg.model.eos_id is not None and cfg.model.eos_id != eos:
+        raise ValueError(
+            f"model.eos_id={cfg.model.eos_id} is not the tokenizer's EOS ({cfg.data.tokenizer.eos_token!r} = {eos}): "
+            f"set model.eos_id={eos}, or null to take it from the tokenizer"
+        )
+    return replace(cfg, model=replace(cfg.model, eos_id=eos))
+
+
+def _model_for(cfg: TrainConfig, device: torch.device) -> models.ModelConfig:
+    """The model config as built on this device: attention=document's kernel chosen for it, and checked (never a
+    quiet fall back to causal attention)."""
+    m = cfg.model
+    if m.attention != "document":
+        return m
+    kernel = distributed.document_kernel(device, m.document_kernel)
+    kernels = cfg.trainer.attention_kernels
+    if kernel == "sdpa" and kernels and not set(kernels) & {"efficient", "math"}:
+        raise ValueError(
+            f"model.attention=document computes a masked attention (document_kernel=sdpa on {device.type}), which "
+            f"trainer.attention_kernels={kernels} cannot: add efficient or math to it, or set it to null"
+        )
+    if m.eos_id is None:
+        raise ValueError("model.attention=document needs model.eos_id: set it, or build a tokenizer (data) first")
+    return replace(m, document_kernel=kernel)
+
+
 def shared_tokenizer(cfg: TrainConfig, ranks: distributed.Ranks) -> Tokenizer:
     """Rank 0 trains or loads the tokenizer first; the others then read its cache instead of all training it."""
     first = distributed.together(lambda: data.build_tokenizer(cfg.data) if ranks.is_main else None)
@@ -92,7 +124,7 @@ def build_run(cfg: TrainConfig, run_dir: str | Path, ranks: distributed.Ranks, d
     run_dir.mkdir(parents=True, exist_ok=True)
     t = cfg.trainer
     tokenizer = shared_tokenizer(cfg, ranks)
-    cfg = resolve_vocab(cfg, tokenizer.get_vocab_size())
+    cfg = resolve_eos(resolve_vocab(cfg, tokenizer.get_vocab_size()), tokenizer)
     if meta:
         check_architecture(meta, cfg.model, source)
         check_tokenizer(source, tokenizer)
@@ -118,7 +150,8 @@ def build_training(cfg: TrainConfig, run_dir: Path, ranks: distributed.Ranks, de
     sharded = cfg.parallel.plan in ("fsdp", "hsdp")
     param_dtype = parallel.DTYPES.get(cfg.parallel.mp_param_dtype) if cfg.parallel.mp_param_dtype else amp_dtype
     torch.manual_seed(t.seed)  # the same init on every rank; DDP and FSDP then replicate or shard it
-    model = models.build_model(cfg.model, device="cpu" if t.init_device == "cpu" else device).to(device)
+    model_cfg = _model_for(cfg, device)
+    model = models.build_model(model_cfg, device="cpu" if t.init_device == "cpu" else device).to(device)
     model = parallel.parallelize(model, cfg.parallel, device, ranks.world_size, t.compile, param_dtype)
     optimizer = optim.build_optimizer(cfg.optim, model)
     return Run(

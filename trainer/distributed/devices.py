@@ -9,6 +9,22 @@ import torch
 BACKENDS = {"cuda": "nccl", "xpu": "xccl", "cpu": "gloo", "mps": "gloo"}
 
 
+# Where FlexAttention's compiled kernels run (model.document_kernel=auto picks flex there; ROCm reports as cuda).
+FLEX_DEVICES = ("cuda",)
+
+
+def document_kernel(device: torch.device, setting: str = "auto") -> str:
+    """model.document_kernel for this device: "flex" where FlexAttention compiles to a fused kernel, else "sdpa"
+    (a dense mask, any device). Asking for flex elsewhere is an error, not a silent change."""
+    if setting == "auto":
+        return "flex" if device.type in FLEX_DEVICES else "sdpa"
+    if setting == "flex" and device.type not in FLEX_DEVICES:
+        raise ValueError(
+            f"model.document_kernel=flex needs a device of {FLEX_DEVICES}, not {device.type}: set it to sdpa or auto"
+        )
+    return setting
+
+
 def choose_backend(device_type: str, override: str = "auto") -> str:
     """parallel.backend: an explicit name wins; auto maps the device type (nccl, xccl, gloo)."""
     if override != "auto":

@@ -25,7 +25,7 @@ import data
 import models
 
 from .. import distributed
-from ..build import build_training, resolve_vocab, shared_tokenizer
+from ..build import build_training, resolve_eos, resolve_vocab, shared_tokenizer
 from ..config import TrainConfig, validate
 from ..loop import train_step
 from ..run import Run
@@ -122,6 +122,7 @@ def _bench(cfg: TrainConfig, opts: BenchOptions, ranks: distributed.Ranks, devic
         tokenizer = shared_tokenizer(cfg, ranks)
         if opts.data == "real" or cfg.model.vocab_size is None:  # synthetic tokens fit any model vocabulary
             cfg = resolve_vocab(cfg, tokenizer.get_vocab_size())
+        cfg = resolve_eos(cfg, tokenizer)
         if opts.data_seconds > 0:
             timing_start = time.time()
             data_tok_s = measure_data_path(cfg, tokenizer, opts.data_seconds)
