@@ -99,9 +99,11 @@ def test_installed_commands_train_render_and_count_from_a_research_directory(ins
     )
     assert r.returncode == 0 and (job / "job.slurm").is_file(), r.stderr[-3000:]
     # The job's own command, as srun would start it on one rank, from the directory the job runs in.
-    line = next(x for x in (job / "job.slurm").read_text().splitlines() if x.endswith(' run "$RUN_DIR"'))
+    script = (job / "job.slurm").read_text().splitlines()
+    line = next(x for x in script if x.endswith(' run "$RUN_DIR"'))
     entry = re.sub(r"^srun( --\S+)* ", "", line)
-    r = _run(["bash", "-c", f"RUN_DIR={job}; {entry}"], research_dir)
+    python = "; ".join(x for x in script if x.startswith("PYTHON="))  # the script's own choice of interpreter
+    r = _run(["bash", "-c", f"{python}; RUN_DIR={job}; {entry}"], research_dir)
     assert r.returncode == 0 and (job / "DONE").is_file(), r.stderr[-3000:]
 
     r = _run([bin_dir / "anytrain", "params", "2b"], research_dir)
