@@ -17,7 +17,7 @@ import models
 import optim
 
 from . import distributed
-from .checkpointing import Checkpointer, check_architecture, read_meta
+from .checkpointing import CHECKPOINTS, Checkpointer, check_architecture, read_meta
 from .checkpointing.run_state import check_tokenizer, restore_run, resume_source
 from .config import TrainConfig, grad_accum_steps, validate
 from .distributed import parallel
@@ -67,9 +67,7 @@ def _model_for(cfg: TrainConfig, device: torch.device) -> models.ModelConfig:
             f"model.attention=document computes a masked attention (document_kernel=sdpa on {device.type}), which "
             f"trainer.attention_kernels={kernels} cannot: add efficient or math to it, or set it to null"
         )
-    if m.eos_id is None:
-        raise ValueError("model.attention=document needs model.eos_id: set it, or build a tokenizer (data) first")
-    return replace(m, document_kernel=kernel)
+    return replace(m, document_kernel=kernel)  # a null eos_id is the model's own error
 
 
 def shared_tokenizer(cfg: TrainConfig, ranks: distributed.Ranks) -> Tokenizer:
@@ -111,7 +109,7 @@ def build_run(cfg: TrainConfig, run_dir: str | Path, ranks: distributed.Ranks, d
     if cfg.checkpoint.load_state not in ("model", "all"):
         raise ValueError(f"checkpoint.load_state must be model or all, got {cfg.checkpoint.load_state!r}")
     source, full = resume_source(cfg, run_dir, ranks.is_main)
-    if cfg.trainer.max_steps == 0 and full:
+    if cfg.trainer.max_steps == 0 and source is not None and source.parent == run_dir / CHECKPOINTS:  # its own
         raise ValueError(
             f"trainer.max_steps=0 evaluates in a run directory of its own, and {run_dir} holds a run's checkpoints "
             f"(its config and metrics would be overwritten): use checkpoint.load={run_dir} with another "

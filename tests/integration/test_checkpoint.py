@@ -146,3 +146,13 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, tok_cache):
     assert "preempted by signal" in out
     saved = ckpt.complete_checkpoints(run_dir / "checkpoints")
     assert len(saved) == 1 and ckpt.read_meta(saved[0])["step"] >= 3
+
+
+def test_max_steps_zero_evaluates_another_runs_full_state(compose, tmp_path, tok_cache):
+    """checkpoint.load_state=all of another run is no reason to refuse an evaluation; the run's own checkpoints are."""
+    fit(to_train_config(compose(*RUN, tok_cache, "trainer.max_steps=3", "checkpoint.every=3")), tmp_path / "a")
+    load = [f"checkpoint.load={tmp_path / 'a'}", "checkpoint.load_state=all", "trainer.max_steps=0"]
+    last = fit(to_train_config(compose(*RUN, tok_cache, *load)), tmp_path / "b")
+    assert last["step"] == 3 and last["val_loss"] > 0
+    with pytest.raises(ValueError, match="evaluates in a run directory of its own"):
+        fit(to_train_config(compose(*RUN, tok_cache, "trainer.max_steps=0")), tmp_path / "a")
