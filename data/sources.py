@@ -6,6 +6,7 @@ import glob
 import hashlib
 import importlib.util
 import os
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -130,9 +131,12 @@ def source_format(source: Any, files: Sequence[str], index: int = 0) -> str:
     return found.pop()
 
 
-def load_source(source: Any, index: int = 0) -> datasets.IterableDataset:
-    """Open one source as a streaming dataset with a single "text" column."""
+def load_source(source: Any, index: int = 0, shuffle_seed: int | None = None) -> datasets.IterableDataset:
+    """Open one source as a streaming dataset with a single "text" column; its files in an order shuffled by
+    `shuffle_seed` (None: sorted), so a corpus whose files are sorted by subject does not arrive subject by subject."""
     files = resolve_files(source, index)
+    if files is not None and shuffle_seed is not None:
+        random.Random(shuffle_seed * 7919 + index).shuffle(files)
     if files is None:
         ds = datasets.load_dataset(source.path, source.name, split=source.split, streaming=True)
     else:
@@ -161,7 +165,8 @@ def load_source(source: Any, index: int = 0) -> datasets.IterableDataset:
 
 def build_dataset(cfg: Any, rank: int = 0, world_size: int = 1) -> datasets.IterableDataset:
     """All sources, each split across ranks, then mixed by normalised weight (deterministic for `cfg.seed`)."""
-    parts = [split_dataset_by_node(load_source(src, i), rank, world_size) for i, src in enumerate(cfg.sources)]
+    seed = cfg.seed if getattr(cfg, "shuffle_docs", 0) else None
+    parts = [split_dataset_by_node(load_source(src, i, seed), rank, world_size) for i, src in enumerate(cfg.sources)]
     if len(parts) == 1:
         return parts[0]
     total = float(sum(src.weight for src in cfg.sources))

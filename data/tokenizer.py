@@ -130,8 +130,17 @@ def cached_bpe(cfg: Any) -> Tokenizer:
 
 
 def build_tokenizer(cfg: Any) -> Tokenizer:
-    """The tokenizer selected by `cfg.tokenizer.kind`; checks that the EOS token exists."""
+    """The tokenizer selected by `cfg.tokenizer.kind` (for token stores: theirs, checked against it); checks that
+    the EOS token exists."""
     validate_data_config(cfg)
+    from .store import store_tokenizer, uses_stores  # the store reads this module's helpers
+
+    if uses_stores(cfg):
+        return store_tokenizer(cfg, _configured)
+    return _configured(cfg)
+
+
+def _configured(cfg: Any) -> Tokenizer:
     tc = cfg.tokenizer
     if tc.kind == "file":
         path = os.path.expanduser(tc.path)

@@ -116,7 +116,8 @@ def build_run(cfg: TrainConfig, run_dir: str | Path, ranks: distributed.Ranks, d
             f"trainer.run_dir"
         )
     meta = read_meta(source) if source else None
-    if full and cfg.data.streams is None:  # keep the saved stream layout, so data resumes exactly on any world size
+    if full and cfg.data.streams is None and not data.uses_stores(cfg.data):
+        # keep the saved stream layout, so text data resumes exactly on any world size (stores need no layout)
         cfg = replace(cfg, data=replace(cfg.data, streams=meta.get("data_streams")))
     validate(cfg, ranks.world_size)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -127,6 +128,9 @@ def build_run(cfg: TrainConfig, run_dir: str | Path, ranks: distributed.Ranks, d
         check_architecture(meta, cfg.model, source)
         check_tokenizer(source, tokenizer)
     train_stream = data.build_stream(cfg.data, tokenizer, "train", t.micro_batch, ranks.rank, ranks.world_size)
+    if isinstance(train_stream, data.StoreStream):  # how often each store is read: an error past data.max_repeat
+        for line in train_stream.plan(t.max_steps * t.global_batch, cfg.data.max_repeat):
+            ranks.is_main and log.info("data: %s", line)
     val_batches = _read_val_batches(cfg, tokenizer, ranks)
 
     run = build_training(cfg, run_dir, ranks, device)

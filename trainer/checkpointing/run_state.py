@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer
 
+import data
+
 from .. import distributed
 from ..config import TrainConfig, config_to_yaml
 from .checkpointer import restore
@@ -132,6 +134,5 @@ def restore_run(run: Run, source: Path, meta: dict[str, Any], full: bool) -> Non
     distributed.set_rng_state(mine["rng"], run.device)
     if "spikes" in mine:
         run.spikes.load_state_dict(mine["spikes"])
-    merged = {k: v for s in states for k, v in s["data"]["streams"].items()}
-    run.train_stream.load_state_dict({"next": 0, "streams": merged})
+    run.train_stream.load_state_dict(data.merge_rank_states([s["data"] for s in states]))
     run.start_step = int(meta["step"])

@@ -141,6 +141,26 @@ def _bench(args: argparse.Namespace) -> None:
             print(f"\ntop operators over {args.profile} profiled steps:\n{result['profile']}")
 
 
+def _tokenize(args: argparse.Namespace) -> None:
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from ..config import to_train_config
+    from ..tools.tokenize import summary, tokenize
+    from .train import CONFIG_MODULE
+
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
+            cfg = to_train_config(compose("train", overrides=args.overrides))
+        result = tokenize(cfg, args.out_dir, args.workers, args.dtype)
+    except (ValueError, OSError, HydraException, OmegaConfBaseException) as e:  # one line, exit 2
+        print(f"anytrain tokenize: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if result["is_main"]:
+        print(summary(result, args.out_dir), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="anytrain", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -188,6 +208,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="runs.png", help="the PNG to write")
     p.add_argument("--x", choices=["auto", "steps", "tokens"], default="auto", help="auto: tokens when known")
     p.set_defaults(func=_plot)
+    p = sub.add_parser("tokenize", help="data.sources -> a token store in OUT_DIR (train from it by its path)")
+    p.add_argument("out_dir", help="the store's directory; rerun the same command to finish a stopped one")
+    p.add_argument("overrides", nargs="*", help="config overrides as for `train`, e.g. data.tokenizer.kind=gpt2")
+    p.add_argument("--workers", type=int, default=None, help="processes on this rank (default: its share of cores)")
+    p.add_argument("--dtype", choices=["auto", "uint16", "uint32"], default="auto", help="auto: uint16 if ids fit")
+    p.set_defaults(func=_tokenize)
     p = sub.add_parser(
         "bench",
         help="tokens/s, MFU, memory, compile time of a training config (default llama-1b)",
@@ -207,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=_bench)
     # Overrides may come before and after the options (argparse alone takes only one run of positionals).
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command == "bench" and all("=" in x and not x.startswith("-") for x in extra):
+    if extra and args.command in ("bench", "tokenize") and all("=" in x and not x.startswith("-") for x in extra):
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

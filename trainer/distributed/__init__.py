@@ -27,12 +27,13 @@ from .devices import (
     synchronize,
 )
 from .group import end_distributed, init_distributed, is_distributed, process_group
-from .ranks import Ranks, discover_ranks, make_store, process_start_time, rendezvous_address
+from .ranks import Ranks, discover_ranks, make_store, process_start_time, ranks_per_node, rendezvous_address
 
 __all__ = [
     "ATTENTION_KERNELS",
     "PeerFailed",
     "Ranks",
+    "ranks_per_node",
     "any_rank",
     "attention_kernels",
     "auto_device_type",

@@ -164,3 +164,9 @@ def process_start_time() -> float:
     from .. import STARTED
 
     return STARTED
+
+
+def ranks_per_node(environ: Mapping[str, str] | None = None) -> int:
+    """Processes the launcher started on this node (1 when it does not say): they share its cores."""
+    found = _first(os.environ if environ is None else environ, LOCAL_SIZE_VARS)
+    return max(1, found[1]) if found else 1
