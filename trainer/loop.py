@@ -26,11 +26,17 @@ DONE = "DONE"  # written into the run directory when trainer.max_steps is reache
 
 
 def _fingerprint(batches: list[torch.Tensor]) -> str:
-    """A short hash of the tokens of one step: equal fingerprints mean the same data in the same order."""
-    h = hashlib.blake2b(digest_size=8)
+    """A short hash of the global batch of one step, over all ranks (a collective): each sequence is hashed, and
+    the hashes are summed in 16-bit limbs, so the fingerprint is the same however the batch is split over ranks and
+    micro-batches. Equal fingerprints mean the same sequences were trained on."""
+    limbs = [0, 0, 0, 0]
     for b in batches:
-        h.update(b.numpy().tobytes())
-    return h.hexdigest()
+        for row in b.numpy():
+            h = int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little")
+            for i in range(4):
+                limbs[i] += (h >> (16 * i)) & 0xFFFF
+    total = distributed.sum_ints_over_ranks(limbs)
+    return hashlib.blake2b(repr(total).encode(), digest_size=8).hexdigest()
 
 
 def train_step(run: Run, micro_batches: list[torch.Tensor], schedule: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+from collections import Counter
 
 import pytest
 import torch
@@ -35,6 +36,18 @@ def _take(stream, n):
     return [next(it) for _ in range(n)]
 
 
+def _docs(ids: list[int], eos: int) -> Counter:
+    """The complete documents (each ended by EOS) in a token list, as a multiset."""
+    out, cur = Counter(), []
+    for t in ids:
+        if t == eos:
+            out[tuple(cur)] += 1
+            cur = []
+        else:
+            cur.append(t)
+    return out
+
+
 def _expected_tokens(tok, docs, eos):
     return [t for d in docs for t in tok.encode(d, add_special_tokens=False).ids + [eos]]
 
@@ -55,7 +68,13 @@ def test_each_split_sees_exactly_its_documents(setup, split):
     cfg.seq_len = 1  # windows of 2 tokens: at most one token is left unpacked
     mine = [d for d in docs if is_val(d, cfg.val_fraction) == (split == "val")]
     assert 0 < len(mine) < len(docs)
-    expected = _expected_tokens(tok, mine, tok.token_to_id("<|endoftext|>"))
+    eos = tok.token_to_id("<|endoftext|>")
+    expected = _expected_tokens(tok, mine, eos)
+    shuffled = build_stream(cfg, tok, split, batch_size=1)  # the default shuffle: the same documents, once each
+    got = [t for b in _take(shuffled, len(expected) // 2) for t in b.flatten().tolist()]
+    assert _docs(got, eos) <= _docs(expected, eos) and _docs(got, eos).total() >= _docs(expected, eos).total() - 1
+    assert (got != expected[: len(got)]) == (split == "train")  # only train is shuffled
+    cfg.shuffle_docs = 0  # file order
     s = build_stream(cfg, tok, split, batch_size=1)
     got = [t for b in _take(s, len(expected) // 2) for t in b.flatten().tolist()]
     assert got == expected[: len(got)] and len(expected) - len(got) <= 1

@@ -8,7 +8,16 @@
 - `parallel`: activation checkpointing, compile, DDP, FSDP2/HSDP (`ParallelConfig`, `parallelize`).
 """
 
-from .collectives import PeerFailed, any_rank, cpu_group, max_over_ranks, mean_over_ranks, min_over_ranks, together
+from .collectives import (
+    PeerFailed,
+    any_rank,
+    cpu_group,
+    max_over_ranks,
+    mean_over_ranks,
+    min_over_ranks,
+    sum_ints_over_ranks,
+    together,
+)
 from .devices import (
     ATTENTION_KERNELS,
     attention_kernels,
@@ -34,6 +43,7 @@ __all__ = [
     "PeerFailed",
     "Ranks",
     "ranks_per_node",
+    "sum_ints_over_ranks",
     "any_rank",
     "attention_kernels",
     "auto_device_type",

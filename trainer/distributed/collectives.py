@@ -44,6 +44,15 @@ def _scalar(x: float, op: dist.ReduceOp) -> float:
     return _reduce(torch.tensor(x, dtype=torch.float32, device=device), op).item()  # fp64: not on every XPU
 
 
+def sum_ints_over_ranks(values: list[int]) -> list[int]:
+    """Element-wise exact sums of host integers over ranks (int64; a collective: call it on every rank)."""
+    if not is_distributed():
+        return values
+    gloo = dist.get_backend() == "gloo"
+    device = "cpu" if gloo else torch.device(auto_device_type(), torch.accelerator.current_device_index())
+    return _reduce(torch.tensor(values, dtype=torch.int64, device=device), dist.ReduceOp.SUM).tolist()
+
+
 def max_over_ranks(x: float) -> float:
     """The largest of a host number over ranks (a collective: call it on every rank)."""
     return _scalar(x, dist.ReduceOp.MAX)

@@ -35,7 +35,7 @@ def tokenize(cfg: TrainConfig, out_dir: str, workers: int | None = None, dtype: 
             out_dir, cfg.data, tok, workers=workers, rank=ranks.rank, world_size=ranks.world_size,
             together=distributed.together, dtype=dtype,
         )  # fmt: skip
-        tokens = distributed.mean_over_ranks(float(result.get("tokens", 0))) * ranks.world_size
+        tokens = distributed.sum_ints_over_ranks([int(result.get("tokens", 0))])[0]
     result.update(total_s=time.perf_counter() - start, all_tokens=tokens, ranks=ranks.world_size, is_main=ranks.is_main)
     return result
 
