@@ -20,6 +20,7 @@ from . import format as fmt
 from .writer import make_manifest, make_plan, tokenize_unit, unit_done
 
 _counters: Any = None  # (chars, tokens) shared with the parent, set in each worker
+_tokenizers: dict[str, Tokenizer] = {}
 
 
 def _same_plan(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -76,10 +77,13 @@ def _count(chars: int, tokens: int) -> None:
         _counters[1].value += tokens
 
 
-def _work(args: tuple[str, dict[str, Any], dict[str, Any]]) -> dict[str, Any]:
+def _work(args: tuple[str, dict[str, Any], dict[str, Any]]) -> tuple[dict[str, Any], float]:
+    """One unit in a worker: its record, and the seconds it took (for the speed per worker; not in the store)."""
     root, plan, unit = args
-    tok = Tokenizer.from_file(str(Path(root) / fmt.TOKENIZER))  # the store's own tokenizer, in every worker
-    return tokenize_unit(Path(root), plan, unit, tok, _count)
+    start = time.perf_counter()
+    if root not in _tokenizers:  # the store's own tokenizer, loaded once per worker (GPT-2's takes ~0.3 s)
+        _tokenizers[root] = Tokenizer.from_file(str(Path(root) / fmt.TOKENIZER))
+    return tokenize_unit(Path(root), plan, unit, _tokenizers[root], _count), time.perf_counter() - start
 
 
 def _progress(counters: Any, total_chars: int, done: threading.Event, show: bool) -> None:
@@ -98,8 +102,10 @@ def _progress(counters: Any, total_chars: int, done: threading.Event, show: bool
         bar.refresh()
 
 
-def run_units(root: Path, plan: dict[str, Any], units: list[dict[str, Any]], workers: int, show: bool) -> list[dict]:
-    """Tokenize `units` over `workers` spawned processes (one thread each); returns their records."""
+def run_units(
+    root: Path, plan: dict[str, Any], units: list[dict[str, Any]], workers: int, show: bool
+) -> list[tuple[dict[str, Any], float]]:
+    """Tokenize `units` over `workers` spawned processes (one thread each); returns (record, seconds) of each."""
     ctx = mp.get_context("spawn")  # no fork after the tokenizer's thread pool has started
     counters = (ctx.Value("q", 0), ctx.Value("q", 0))
     done = threading.Event()
@@ -145,10 +151,10 @@ def build_store(
     new = together(lambda: run_units(root, plan, todo, workers, show and rank == 0))
     elapsed = time.perf_counter() - start
     manifest = together(lambda: _finish(root, plan) if rank == 0 else None)
-    tokens = sum(r["tokens"]["train"] + r["tokens"]["val"] for r in new)
+    tokens = sum(r["tokens"]["train"] + r["tokens"]["val"] for r, _ in new)
     return {
         "manifest": manifest, "tokenized": len(new), "reused": len(mine) - len(todo), "tokens": tokens,
-        "seconds": elapsed, "workers": workers,
+        "seconds": elapsed, "busy_s": sum(s for _, s in new), "workers": workers,
     }  # fmt: skip
 
 

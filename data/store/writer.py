@@ -96,11 +96,15 @@ class _SplitWriter:
     def add(self, docs: list[list[int]], eos: int) -> int:
         if not docs:
             return 0
-        flat = np.fromiter((t for d in docs for t in (*d, eos)), dtype=self.dtype, count=sum(len(d) + 1 for d in docs))
-        flat.tofile(self.file)
-        for d in docs:
-            self.offsets.append(self.offsets[-1] + len(d) + 1)
-        return flat.size
+        ids: list[int] = []
+        end = self.offsets[-1]
+        for d in docs:  # list appends, then one conversion: several times faster than a generator into numpy
+            ids += d
+            ids.append(eos)
+            end += len(d) + 1
+            self.offsets.append(end)
+        np.array(ids, dtype=self.dtype).tofile(self.file)
+        return len(ids)
 
     def close(self) -> dict[str, int]:
         self.file.flush()
@@ -135,10 +139,9 @@ def tokenize_unit(
 
     def flush() -> None:
         ids = [e.ids for e in encode(batch, add_special_tokens=False)]
-        tokens = 0
-        for split in fmt.SPLITS:
-            docs = [d for t, d in zip(batch, ids) if is_val(t, val_fraction) == (split == "val")]
-            tokens += writers[split].add(docs, eos)
+        held_out = [is_val(t, val_fraction) for t in batch]
+        tokens = writers["train"].add([d for d, v in zip(ids, held_out) if not v], eos)
+        tokens += writers["val"].add([d for d, v in zip(ids, held_out) if v], eos)
         progress(sum(len(t) for t in batch), tokens)
         batch.clear()
 

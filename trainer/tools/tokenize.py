@@ -60,6 +60,7 @@ def summary(result: dict[str, Any], out_dir: str) -> str:
     lines.append(
         f"{out_dir}: {m['dtype']} ids, tokenizer {m['tokenizer']['fingerprint'][:12]}; this call tokenized {done} "
         f"file(s) ({reused} already done) with {result.get('workers')} worker(s) x {result['ranks']} rank(s): "
-        f"{speed / 1e6:.2f}M tokens/s in {secs:.1f} s ({result['total_s']:.1f} s in all)"
+        f"{speed / 1e6:.2f}M tokens/s in {secs:.1f} s ({result['total_s']:.1f} s in all; workers busy "
+        f"{result.get('busy_s', 0.0):.1f} s)"
     )
     return "\n".join(lines)
