@@ -52,7 +52,7 @@ def corpus(out: Path, copies: int) -> Path:
 
 def bench_tokenize(out: Path, plays: Path, workers: list[int]) -> list[dict]:
     rows = []
-    anytrain = str(Path(sys.executable).parent / "anytrain")
+    anytrain = os.environ.get("ANYTRAIN") or str(Path(sys.executable).parent / "anytrain")
     for n in workers:
         store = out / f"tok-{n}"
         shutil.rmtree(store, ignore_errors=True)
