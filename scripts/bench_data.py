@@ -167,12 +167,17 @@ def main() -> None:
     p.add_argument("--workers", default=",".join(str(w) for w in (1, 2, 4, 8, 16) if w <= os.cpu_count()))
     p.add_argument("--copies", type=int, default=4, help="copies of the 78 plays to tokenize (each ~9.6 MB)")
     p.add_argument("--read-tokens", type=float, default=2e8, help="tokens of the small read store (x10 the large)")
+    p.add_argument("--only-tokenize", action="store_true", help="skip the read and blend figures")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"cpus": os.cpu_count(), "cpu": _cpu_name()}
     plays = corpus(out, args.copies)
     results["tokenize"] = bench_tokenize(out, plays, [int(w) for w in args.workers.split(",")])
+    _raw_tokenizer_speed(plays)
+    if args.only_tokenize:
+        _table(results)
+        return
     tok_json = out / "tok-1" / fmt.TOKENIZER
     small = synthetic_store(out / "read-small", int(args.read_tokens), 50000, tok_json)
     large = synthetic_store(out / "read-large", int(args.read_tokens * 10), 50000, tok_json, seed=1)
@@ -183,12 +188,28 @@ def main() -> None:
               f"{r['rss_file_mib']:.0f} MiB", flush=True)  # fmt: skip
     results["blend_1000_first_batch_s"] = bench_blend(out, tok_json)
     print(f"blend of 1000 stores -> first train and val batch: {results['blend_1000_first_batch_s']:.2f} s")
-    print("\n| workers | tokens | wall s | tokenize s | speed-up (wall) | efficiency | tok/s per worker |")
+    _table(results)
+    (out / "bench_data.json").write_text(json.dumps(results, indent=1))
+
+
+def _raw_tokenizer_speed(plays: Path) -> None:
+    """The ceiling: GPT-2's BPE alone on one thread (encode_batch_fast over whole plays), no reading or writing."""
+    code = (
+        "import sys, time, pathlib; from data.tokenizer import gpt2_tokenizer; tok = gpt2_tokenizer('<|endoftext|>')\n"
+        "texts = [p.read_text() for p in sorted(pathlib.Path(sys.argv[1]).glob('00-*.txt'))]\n"
+        "t = time.perf_counter(); n = sum(len(e.ids) for e in tok.encode_batch_fast(texts, add_special_tokens=False))\n"
+        "print(f'GPT-2 BPE alone, one thread: {n / (time.perf_counter() - t) / 1e6:.2f}M tok/s')"
+    )
+    env = {**os.environ, "RAYON_NUM_THREADS": "1"}
+    print(subprocess.run([sys.executable, "-c", code, str(plays)], capture_output=True, text=True, env=env).stdout)
+
+
+def _table(results: dict) -> None:
+    print("| workers | tokens | wall s | tokenize s | speed-up (wall) | efficiency | tok/s per worker |")
     print("|---|---|---|---|---|---|---|")
     for r in results["tokenize"]:
         print(f"| {r['workers']} | {r['tokens']:,} | {r['wall_s']:.1f} | {r['phase_s']:.1f} | {r['speedup']:.2f} "
               f"({r['speedup_wall']:.2f}) | {r['efficiency']:.2f} | {r['per_worker_tok_s'] / 1e6:.2f}M |")  # fmt: skip
-    (out / "bench_data.json").write_text(json.dumps(results, indent=1))
 
 
 def _cpu_name() -> str:

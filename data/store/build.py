@@ -106,7 +106,10 @@ def run_units(
     root: Path, plan: dict[str, Any], units: list[dict[str, Any]], workers: int, show: bool
 ) -> list[tuple[dict[str, Any], float]]:
     """Tokenize `units` over `workers` spawned processes (one thread each); returns (record, seconds) of each."""
-    ctx = mp.get_context("spawn")  # no fork after the tokenizer's thread pool has started
+    # A fork server that has imported this module (torch, datasets, tokenizers) forks every worker: no worker pays
+    # the imports again, and none inherits a started tokenizer thread pool, as a fork of this process would.
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
     counters = (ctx.Value("q", 0), ctx.Value("q", 0))
     done = threading.Event()
     bar = threading.Thread(target=_progress, args=(counters, sum(u["size"] for u in units), done, show), daemon=True)
