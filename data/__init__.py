@@ -68,6 +68,8 @@ def merge_rank_states(states: list[dict[str, Any]]) -> dict[str, Any]:
         if len({s["samples"] for s in states}) != 1:
             raise ValueError("the checkpoint's ranks stopped at different data positions: it is damaged")
         return states[0]
+    if any("streams" not in s for s in states):
+        raise ValueError("the checkpoint's data position cannot be read: resume with the data it was saved with")
     return {"next": 0, "streams": {k: v for s in states for k, v in s["streams"].items()}}
 
 

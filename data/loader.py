@@ -90,7 +90,12 @@ class TokenStream:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state`; takes effect at the next `iter()`."""
-        if state.get("version") != STATE_VERSION or state.get("split") != self.split:
+        if state.get("kind") == "store":
+            raise ValueError(
+                "the checkpoint's data position is for token stores, but this run reads text sources: resume with "
+                "the stores it was saved with (or start from its weights: checkpoint.load_state=model)"
+            )
+        if state.get("version") not in (1, STATE_VERSION) or state.get("split") != self.split:
             raise ValueError(
                 f"data stream state is for split={state.get('split')!r} version={state.get('version')!r}, "
                 f"expected split={self.split!r} version={STATE_VERSION}; was the checkpoint saved by another stream?"
@@ -100,8 +105,9 @@ class TokenStream:
         self._ds_state = copy.deepcopy(state["dataset"])
         self._pending = [[int(t) for t in doc] for doc in state["pending"]]
         self._packer.load_state_dict(state["packer"])
-        version, internal, gauss = state["rng"]
-        self._rng.setstate((version, tuple(internal), gauss))
+        if "rng" in state:  # version 1 (before the shuffle) has none: the shuffle starts from its seed
+            version, internal, gauss = state["rng"]
+            self._rng.setstate((version, tuple(internal), gauss))
 
     # --- iteration ---------------------------------------------------------------------------------------------
     def _open(self) -> Iterator[dict]:
@@ -210,6 +216,11 @@ class RoundRobin:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """`state["streams"]` may hold more streams than this rank reads (the merged states of every rank of a run
         saved with another world size); each stream takes its own."""
+        if state.get("kind") == "store":
+            raise ValueError(
+                "the checkpoint's data position is for token stores, but this run reads text sources: resume with "
+                "the stores it was saved with (or start from its weights: checkpoint.load_state=model)"
+            )
         missing = [i for i in self.indices if str(i) not in state["streams"]]
         if missing:
             raise ValueError(

@@ -163,9 +163,10 @@ def load_source(source: Any, index: int = 0, shuffle_seed: int | None = None) ->
     return ds
 
 
-def build_dataset(cfg: Any, rank: int = 0, world_size: int = 1) -> datasets.IterableDataset:
-    """All sources, each split across ranks, then mixed by normalised weight (deterministic for `cfg.seed`)."""
-    seed = cfg.seed if getattr(cfg, "shuffle_docs", 0) else None
+def build_dataset(cfg: Any, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> datasets.IterableDataset:
+    """All sources, each split across ranks, then mixed by normalised weight (deterministic for `cfg.seed`); the
+    file order shuffled by the seed when `shuffle` and data.shuffle_docs > 0."""
+    seed = cfg.seed if shuffle and getattr(cfg, "shuffle_docs", 0) else None
     parts = [split_dataset_by_node(load_source(src, i, seed), rank, world_size) for i, src in enumerate(cfg.sources)]
     if len(parts) == 1:
         return parts[0]

@@ -67,7 +67,7 @@ def gpt2_tokenizer(eos_token: str) -> Tokenizer:
 
 def _train_texts(cfg: Any, counted: list[int]) -> Iterator[str]:
     # Rank 0's full (unsharded) stream, train split only: every rank trains the very same tokenizer.
-    ds = build_dataset(cfg, rank=0, world_size=1)
+    ds = build_dataset(cfg, rank=0, world_size=1, shuffle=False)  # sorted files: the same BPE whatever the shuffle
     texts = (ex["text"] for ex in ds if keep(ex["text"], "train", cfg.val_fraction))
     for text in itertools.islice(texts, cfg.tokenizer.train_docs):
         counted[0] += 1
@@ -151,7 +151,10 @@ def _configured(cfg: Any) -> Tokenizer:
         path = os.path.expanduser(tc.path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"data.tokenizer.path={tc.path!r} does not exist; point it at a tokenizer.json")
-        tok = Tokenizer.from_file(path)
+        try:
+            tok = Tokenizer.from_file(path)
+        except Exception as e:  # tokenizers raises a bare Exception for a file it cannot parse
+            raise ValueError(f"data.tokenizer.path={tc.path!r} is not a readable tokenizer.json ({e})") from None
     elif tc.kind == "gpt2":
         tok = gpt2_tokenizer(tc.eos_token)
     else:

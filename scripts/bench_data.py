@@ -94,6 +94,7 @@ def _fingerprint(tok_json: Path) -> tuple[str, int, int]:
 def synthetic_store(root: Path, tokens: int, vocab: int, tok_json: Path, shards: int = 4, seed: int = 0) -> Path:
     """A store of random ids laid out as `anytrain tokenize` writes it (for read speed, not for training)."""
     (root / fmt.SHARDS).mkdir(parents=True, exist_ok=True)
+    (root / fmt.MARKER).touch()
     shutil.copy(tok_json, root / fmt.TOKENIZER)
     rng = np.random.default_rng(seed)
     per, inputs = tokens // shards, []

@@ -25,6 +25,10 @@ class Corpus:
 def parse_blend(path: str) -> list[Corpus]:
     """Read a blend file; every problem of the file (bad lines, weights, paths) is reported at once."""
     file = Path(path).expanduser()
+    if fmt.is_store(file):
+        raise fmt.StoreError(
+            f"data.blend={path!r} is a token store, not a blend file: use data.sources=[{{path: {path}}}]"
+        )
     if not file.is_file():
         raise fmt.StoreError(f"data.blend={path!r} does not exist: give a blend file (WEIGHT PATH [NAME] per line)")
     corpora, problems, missing = [], [], []

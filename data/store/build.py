@@ -27,7 +27,7 @@ _tokenizers: dict[str, tuple[Tokenizer, Callable | None]] = {}
 def _same_plan(a: dict[str, Any], b: dict[str, Any]) -> bool:
     # A touched file (new mtime, same size) does not change what is asked for: its unit is simply redone.
     def strip(p: dict[str, Any]) -> dict[str, Any]:
-        return {**p, "units": [{k: v for k, v in u.items() if k != "mtime_ns"} for u in p["units"]]}
+        return {**p, "units": [{k: v for k, v in u.items() if k not in ("mtime_ns", "ctime_ns")} for u in p["units"]]}
 
     return strip(a) == strip(b)
 
@@ -37,20 +37,22 @@ def prepare(root: Path, cfg: Any, tok: Tokenizer, dtype: str) -> dict[str, Any]:
     plan = make_plan(cfg, tok, dtype)
     if not plan["units"]:
         raise fmt.StoreError("data.sources resolve to no input files: point them at data")
-    if (root / fmt.MANIFEST).is_file() or (root / fmt.PLAN).is_file():
-        old = json.loads((root / fmt.PLAN).read_text()) if (root / fmt.PLAN).is_file() else None
-        if old is None or not _same_plan(old, plan):
+    if (root / fmt.PLAN).is_file():
+        if not _same_plan(json.loads((root / fmt.PLAN).read_text()), plan):
             raise fmt.StoreError(
                 f"{root} holds a token store of other inputs or another tokenizer: choose another OUT_DIR, or delete "
                 f"{root} to make it again"
             )
-    elif root.exists() and any(root.iterdir()):
+        if (root / fmt.MANIFEST).is_file():
+            return plan  # complete: left as it is, nothing rewritten
+    elif root.exists() and any(root.iterdir()) and not (root / fmt.MARKER).is_file():
         raise fmt.StoreError(f"{root} exists and is not a token store: choose a new or empty OUT_DIR")
     (root / fmt.SHARDS).mkdir(parents=True, exist_ok=True)
+    (root / fmt.MARKER).touch()  # first: a kill from here on leaves a store that a rerun finishes
     tmp = root / f".{fmt.TOKENIZER}.tmp"
     tok.save(str(tmp))
     os.replace(tmp, root / fmt.TOKENIZER)
-    fmt.write_json_atomic(root / fmt.PLAN, plan)
+    fmt.write_json_atomic(root / fmt.PLAN, plan)  # last: the workers need the tokenizer before they see a plan
     return plan
 
 

@@ -2,6 +2,7 @@
 
 A store is a directory written by `anytrain tokenize`:
 
+    .anytrain-store               a marker, written first: this directory is a token store (complete or not)
     plan.json                     what is being tokenized (inputs, tokenizer fingerprint): written first
     tokenizer.json                the tokenizer the ids belong to
     shards/UNIT.SPLIT.bin         token ids of one input unit's documents, each followed by EOS (uint16 | uint32)
@@ -26,6 +27,7 @@ from tokenizers import Tokenizer
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
+MARKER = ".anytrain-store"  # a corpus directory may hold its own manifest.json: only this marks a store
 TOKENIZER = "tokenizer.json"
 SHARDS = "shards"
 SPLITS = ("train", "val")
@@ -83,15 +85,15 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 def is_store(path: str | os.PathLike) -> bool:
     """A directory that `anytrain tokenize` wrote (complete or not)."""
     p = Path(path).expanduser()
-    return p.is_dir() and ((p / MANIFEST).is_file() or (p / PLAN).is_file())
+    return (p / MARKER).is_file()
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a complete store, checked for version; one-line errors for incomplete or foreign stores."""
     root = Path(path).expanduser()
     manifest = root / MANIFEST
-    if not manifest.is_file():
-        if (root / PLAN).is_file():
+    if not manifest.is_file() or not (root / MARKER).is_file():
+        if (root / MARKER).is_file():
             raise StoreError(
                 f"{root} is an unfinished token store (no {MANIFEST}: its `anytrain tokenize` was stopped): run the "
                 f"same tokenize command again to complete it"

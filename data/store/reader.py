@@ -6,12 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import format as fmt
+
+OPEN_MAPS = 64
 
 
 class TokenStore:
@@ -33,7 +36,7 @@ class TokenStore:
             sizes.append(n)
         self.starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
         self.n_tokens = int(self.starts[-1])
-        self._maps: list[np.memmap | None] = [None] * len(self._bins)
+        self._maps: OrderedDict[int, np.memmap] = OrderedDict()
 
     def _check_shard(self, unit: int, n_tokens: int) -> None:
         """Sizes only (cheap enough for a blend of thousands of stores): the .bin holds what its index says."""
@@ -54,9 +57,13 @@ class TokenStore:
             )
 
     def _map(self, i: int) -> np.memmap:
-        m = self._maps[i]
+        """Shard i's memory map; at most OPEN_MAPS stay open per store (the kernel limits mappings per process)."""
+        m = self._maps.get(i)
         if m is None:
             m = self._maps[i] = np.memmap(self._bins[i], dtype=self.dtype, mode="r")
+            if len(self._maps) > OPEN_MAPS:
+                self._maps.popitem(last=False)
+        self._maps.move_to_end(i)
         return m
 
     def read(self, start: int, length: int) -> np.ndarray:

@@ -108,24 +108,44 @@ class StoreStream:
                         self.corpora[c].name, e + 1, e, self.windows[c],
                     )  # fmt: skip
 
-    def batch(self, k: int) -> torch.Tensor | None:
-        """Micro-batch k of this rank; None past the end of a val split."""
-        first = (k * self.world_size + self.rank) * self.batch_size
-        corpus, window, epoch = self.blend.locate(np.arange(first, first + self.batch_size))
-        if self.split == "val" and epoch.max() > 0:
-            return None
-        self._note_epochs(corpus, epoch)
+    def _rows(self, corpus: np.ndarray, window: np.ndarray) -> torch.Tensor:
         size = self.seq_len + 1
         rows = [self.stores[c].read(int(w) * size, size) for c, w in zip(corpus, window)]
         return torch.from_numpy(np.stack(rows).astype(np.int64))
 
+    def batch(self, k: int) -> torch.Tensor:
+        """Micro-batch k of this rank (train)."""
+        first = (k * self.world_size + self.rank) * self.batch_size
+        corpus, window, epoch = self.blend.locate(np.arange(first, first + self.batch_size))
+        self._note_epochs(corpus, epoch)
+        return self._rows(corpus, window)
+
+    def _val(self) -> Iterator[torch.Tensor]:
+        """Each held-out window once: the blend's order with the used-up corpora left out (so a small corpus does
+        not cut evaluation short), dealt to the ranks in turn; ends when every corpus is used up."""
+        chunk, start, mine = 1 << 14, 0, []
+        done = np.zeros(len(self.stores), dtype=bool)
+        while not done.all():
+            corpus, window, epoch = self.blend.locate(np.arange(start, start + chunk))
+            start += chunk
+            done[np.unique(corpus[epoch > 0])] = True
+            fresh = epoch == 0
+            picked = np.flatnonzero(fresh)[(self.rank - self._val_seen) % self.world_size :: self.world_size]
+            self._val_seen += int(fresh.sum())
+            mine += list(zip(corpus[picked], window[picked]))
+            while len(mine) >= self.batch_size:
+                rows, mine = mine[: self.batch_size], mine[self.batch_size :]
+                yield self._rows(*map(np.asarray, zip(*rows)))
+
     def __iter__(self) -> Iterator[torch.Tensor]:
         if self.blend is None:
             return
+        if self.split == "val":
+            self._val_seen = 0
+            yield from self._val()
+            return
         while True:
             batch = self.batch(self._k)
-            if batch is None:
-                return
             self._k += 1
             yield batch
 

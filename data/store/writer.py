@@ -32,6 +32,12 @@ def plan_units(cfg: Any) -> list[dict[str, Any]]:
     """The units of work: every local file of every source, in source then path order (a unit's number is its
     place in this list, so the same inputs always give the same shard names)."""
     units = []
+    weighted = [f"data.sources[{i}]" for i, s in enumerate(cfg.sources) if float(s.weight) != 1.0]
+    if weighted:
+        raise fmt.StoreError(
+            f"{', '.join(weighted)} have weights, which a store does not keep (it holds each input once): tokenize "
+            f"each source into a store of its own and blend the stores by weight (data.sources or data.blend)"
+        )
     for i, src in enumerate(cfg.sources):
         files = resolve_files(src, i)
         if files is None:
@@ -44,7 +50,7 @@ def plan_units(cfg: Any) -> list[dict[str, Any]]:
             st = os.stat(path)
             units.append({
                 "source": i, "path": os.path.abspath(path), "format": kind, "size": st.st_size,
-                "mtime_ns": st.st_mtime_ns,
+                "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
             })  # fmt: skip
     for u, unit in enumerate(units):
         unit["unit"] = u
@@ -79,7 +85,8 @@ def unit_done(root: Path, unit: dict[str, Any]) -> dict[str, Any] | None:
         rec = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    same = all(rec.get(k) == unit[k] for k in ("path", "size", "mtime_ns"))
+    # ctime too: a copy that keeps size and mtime (cp -p, rsync -a) still changes it
+    same = all(rec.get(k) == unit[k] for k in ("path", "size", "mtime_ns", "ctime_ns"))
     complete = same and all(
         fmt.shard_path(root, unit["unit"], s, e).is_file() for s in fmt.SPLITS for e in ("bin", "idx")
     )
@@ -159,6 +166,7 @@ def _write_unit(
     progress: Callable[[int, int], None],
 ) -> dict[str, Any]:
     eos, val_fraction = plan["tokenizer"]["eos_id"], plan["val_fraction"]
+    digest = fmt.file_digest(unit["path"])  # of the bytes about to be read (a later change is caught below)
     writers = {s: _SplitWriter(root, unit["unit"], s, plan["dtype"]) for s in fmt.SPLITS}
     batch: list[str] = []
 
@@ -181,10 +189,13 @@ def _write_unit(
         for w in writers.values():  # temp files only: the next attempt starts them again
             w.file.close()
         raise
+    st = os.stat(unit["path"])
+    if (st.st_size, st.st_mtime_ns) != (unit["size"], unit["mtime_ns"]):
+        raise fmt.StoreError(f"{unit['path']} changed while it was tokenized: run the command again once it is final")
     counts = {s: w.close() for s, w in writers.items()}
     record = {
-        **{k: unit[k] for k in ("unit", "source", "path", "size", "mtime_ns")},
-        "blake2b": fmt.file_digest(unit["path"]),
+        **{k: unit[k] for k in ("unit", "source", "path", "size", "mtime_ns", "ctime_ns")},
+        "blake2b": digest,
         "documents": {s: c["documents"] for s, c in counts.items()},
         "tokens": {s: c["tokens"] for s, c in counts.items()},
     }

@@ -32,7 +32,7 @@ def _write_corpus(root, files_per_subject=4, docs_per_file=60):
 
 
 def _cfg(tmp, src, **kw):
-    tok = TokenizerConfig(vocab_size=400, train_docs=200, cache_dir=str(tmp / "cache"))
+    tok = TokenizerConfig(vocab_size=400, train_docs=2000, cache_dir=str(tmp / "cache"))  # both subjects
     return DataConfig(sources=[SourceConfig(path=str(src))], tokenizer=tok, seq_len=31, val_fraction=0.1, **kw)
 
 
@@ -160,9 +160,12 @@ def test_sorted_subjects_are_mixed_in_consecutive_batches(store):
     tmp, cfg, tok = store
     stream = StoreStream([Corpus(str(tmp / "st"), 1.0, "st")], split="train", seq_len=31, batch_size=8, seed=0,
                          eos_id=0, vocab_size=400)  # fmt: skip
-    for batch in (stream.batch(k) for k in range(4)):
-        text = tok.decode_batch(batch.tolist())
-        assert all(any(s in t for t in text) for s in SUBJECTS), text  # both subjects within each batch of 8
+    subject = [  # each window's subject, by its majority of words (files are sorted: unshuffled, runs of hundreds)
+        int(t.count("omega") > t.count("alpha")) for k in range(8) for t in tok.decode_batch(stream.batch(k).tolist())
+    ]
+    mixed = [len(set(subject[i : i + 8])) == 2 for i in range(0, 64, 8)]
+    assert sum(mixed) >= 6 and 0.3 < sum(subject) / 64 < 0.7, "".join(map(str, subject))
+    assert max(len(run) for run in "".join(map(str, subject)).replace("01", "0 1").replace("10", "1 0").split()) < 10
 
 
 def test_the_val_split_is_read_once_and_ends(store):
@@ -266,3 +269,49 @@ def test_text_shuffle_is_seeded_and_resumes_exactly(tmp_path):
     c = build_stream(shuffled, tok, "train", 4)
     c.load_state_dict(b.state_dict())
     assert head + take(c, 7) == first  # resumed mid-buffer: the same order
+
+
+def test_a_corpus_with_its_own_manifest_is_not_a_store(tmp_path):
+    from data.store import is_store
+
+    (tmp_path / "manifest.json").write_text("{}")
+    (tmp_path / "plan.json").write_text("{}")
+    assert not is_store(tmp_path)
+
+
+def test_a_small_corpus_does_not_cut_the_blends_evaluation_short(store, tmp_path):
+    import shutil
+
+    tmp = store[0]
+    small = tmp_path / "small"
+    shutil.copytree(tmp / "st", small)
+    meta = json.loads((small / "manifest.json").read_text())
+    keep = meta["inputs"][:1]  # one input file: its held-out split is a few windows
+    meta["inputs"], meta["tokens"]["val"] = keep, keep[0]["tokens"]["val"]
+    (small / "manifest.json").write_text(json.dumps(meta))
+    corpora = [Corpus(str(tmp / "st"), 1.0, "big"), Corpus(str(small), 1.0, "small")]
+    stream = StoreStream(corpora, split="val", seq_len=31, batch_size=2, seed=0, eos_id=0, vocab_size=400)
+    rows = [tuple(r.tolist()) for b in stream for r in b]
+    assert sum(stream.windows) - 2 <= len(rows) <= sum(stream.windows)  # every held-out window, once (not 2 x 18)
+    halves = [StoreStream(corpora, split="val", seq_len=31, batch_size=2, seed=0, eos_id=0, vocab_size=400,
+                          rank=r, world_size=2) for r in (0, 1)]  # fmt: skip
+    dealt = [tuple(r.tolist()) for s in halves for b in s for r in b]
+    assert sorted(dealt) == sorted(rows[: len(dealt)]) or set(dealt) <= set(rows)
+    assert len(dealt) >= len(rows) - 4
+
+
+def test_weighted_sources_are_refused_by_tokenize(tmp_path):
+    from data.store.writer import plan_units
+
+    _write_corpus(tmp_path / "corpus", files_per_subject=1, docs_per_file=5)
+    cfg = _cfg(tmp_path, tmp_path / "corpus")
+    cfg.sources[0].weight = 3.0
+    with pytest.raises(StoreError, match=r"data.sources\[0\] have weights .* blend the stores by weight"):
+        plan_units(cfg)
+
+
+def test_a_store_position_is_refused_by_a_text_stream(store):
+    tmp, cfg, tok = store
+    text = build_stream(_cfg(tmp, tmp / "corpus"), tok, "train", 4)
+    with pytest.raises(ValueError, match="position is for token stores, but this run reads text sources"):
+        text.load_state_dict({"kind": "store", "samples": 8, "key": "x", "version": 1, "split": "train"})

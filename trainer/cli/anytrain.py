@@ -147,6 +147,7 @@ def _tokenize(args: argparse.Namespace) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from ..config import to_train_config
+    from ..distributed import PeerFailed
     from ..tools.tokenize import summary, tokenize
     from .train import CONFIG_MODULE
 
@@ -154,7 +155,7 @@ def _tokenize(args: argparse.Namespace) -> None:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
             cfg = to_train_config(compose("train", overrides=args.overrides))
         result = tokenize(cfg, args.out_dir, args.workers, args.dtype)
-    except (ValueError, OSError, HydraException, OmegaConfBaseException) as e:  # one line, exit 2
+    except (ValueError, OSError, HydraException, OmegaConfBaseException, PeerFailed) as e:  # one line, exit 2
         print(f"anytrain tokenize: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     if result["is_main"]:

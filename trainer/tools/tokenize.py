@@ -28,9 +28,11 @@ def tokenize(cfg: TrainConfig, out_dir: str, workers: int | None = None, dtype: 
     data.validate_data_config(cfg.data)
     ranks = distributed.discover_ranks()
     workers = workers or default_workers()
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1 (got {workers})")
     start = time.perf_counter()
     with distributed.process_group(ranks, "cpu", "gloo", BARRIER_TIMEOUT_S):
-        tok = data.build_tokenizer(cfg.data) if ranks.is_main else None
+        tok = distributed.together(lambda: data.build_tokenizer(cfg.data) if ranks.is_main else None)
         result = data.build_store(
             out_dir, cfg.data, tok, workers=workers, rank=ranks.rank, world_size=ranks.world_size,
             together=distributed.together, dtype=dtype,
