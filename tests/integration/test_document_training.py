@@ -51,8 +51,9 @@ def test_the_export_gives_anytrains_logits_for_one_document(compose, tok_cache, 
     hf = transformers.AutoModelForCausalLM.from_pretrained(export_hf(tmp_path / "run", tmp_path / "hf", "fp32")).eval()
     resumed = to_train_config(compose(*RUN, tok_cache, "trainer.max_steps=3", "schedule.warmup_steps=1"))
     run = build_run(resumed, tmp_path / "run", distributed.Ranks(), torch.device("cpu"))  # the trained weights
-    packed = run.val_batches[0][:1, :-1]  # a real held-out window: several documents, cut at both ends
     eos = run.cfg.model.eos_id
+    windows = [row[None, :-1] for b in run.val_batches for row in b]  # real held-out windows, cut at both ends
+    packed = next(w for w in windows if int((w == eos).sum()) >= 2)  # one that holds a whole document
     ends = (packed[0] == eos).nonzero().flatten().tolist()
     assert len(ends) >= 2, "the window should hold a whole document"
     first, last = ends[0] + 1, ends[1]  # one whole document, EOS included, inside the packed window
