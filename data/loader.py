@@ -62,7 +62,9 @@ class TokenStream:
         self.pull_chars = pull_chars
         self.pull_docs = pull_docs
         self._packer = Packer(seq_len + 1, self.eos_id)
-        self._pending: list[list[int]] = []  # tokenised documents not yet in the packer (the shuffle buffer)
+        # Tokenised documents not yet in the packer (the shuffle buffer), as tuples: a state snapshot after every
+        # batch (the Prefetcher takes one) then copies references, not every token.
+        self._pending: list[tuple[int, ...]] = []
         # Documents leave the buffer in a random order once it holds more than `shuffle_docs` (all of it at the end
         # of a pass); the RNG's state is saved with the buffer, so a resume draws the same order.
         self.shuffle_docs = shuffle_docs if split == "train" else 0
@@ -83,7 +85,7 @@ class TokenStream:
             "epoch": self._epoch,
             "done": self._done,
             "dataset": copy.deepcopy(self._ds_state),
-            "pending": [list(doc) for doc in self._pending],
+            "pending": list(self._pending),
             "packer": self._packer.state_dict(),
             "rng": self._rng.getstate(),
         }
@@ -103,7 +105,7 @@ class TokenStream:
         self._epoch = int(state["epoch"])
         self._done = bool(state["done"])
         self._ds_state = copy.deepcopy(state["dataset"])
-        self._pending = [[int(t) for t in doc] for doc in state["pending"]]
+        self._pending = [tuple(int(t) for t in doc) for doc in state["pending"]]
         self._packer.load_state_dict(state["packer"])
         if "rng" in state:  # version 1 (before the shuffle) has none: the shuffle starts from its seed
             version, internal, gauss = state["rng"]
@@ -137,7 +139,7 @@ class TokenStream:
             # encode_batch_fast (tokenizers >= 0.21) skips character offsets: ~30% faster, same ids.
             encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
             encs = encode(texts, add_special_tokens=False)
-            self._pending.extend(e.ids for e in encs)
+            self._pending.extend(tuple(e.ids) for e in encs)
         return not exhausted
 
     def _take(self) -> list[int]:

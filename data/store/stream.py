@@ -95,6 +95,9 @@ class StoreStream:
                 f"{self.batch_size} x {self.world_size} ranks: resume with a trainer.micro_batch that divides it"
             )
         self._k = state["samples"] // per_micro
+        # the epochs already begun, so that a resume does not announce them again
+        done = state["samples"]
+        self._epochs = [max(0, (self.blend.samples_of(c, done) - 1) // n) for c, n in enumerate(self.windows)]
 
     # --- iteration ---------------------------------------------------------------------------------------------
     def _note_epochs(self, corpus: np.ndarray, epoch: np.ndarray) -> None:
