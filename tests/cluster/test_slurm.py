@@ -37,17 +37,24 @@ def slurm_cluster():
         r = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
         pytest.skip("installing or starting the SLURM cluster took over 10 minutes")
-    if r.returncode != 0:
-        pytest.skip(f"could not start a one-machine SLURM cluster: {(r.stderr or r.stdout).strip()[-1500:]}")
+    if r.returncode != 0:  # a half-started cluster (munged up, the node never idle) is stopped too
+        left = _stop_started(before)
+        pytest.skip(f"could not start a one-machine SLURM cluster: {(r.stderr or r.stdout).strip()[-1500:]}"
+                    + (f" (and {left} would not stop)" if left else ""))  # fmt: skip
     yield
-    started = [d for d in DAEMONS if d not in before]  # a daemon running before (a demo, a system service) stays
+    left = _stop_started(before)
+    assert not left, f"SLURM daemons started by the tests outlive them: {left}"
+
+
+def _stop_started(before: list[str]) -> list[str]:
+    """Stop the daemons that were not running `before` (a demo's or a system service stays); those still left."""
+    started = [d for d in DAEMONS if d not in before]
     for daemon in started:
         subprocess.run(["pkill", "-x", daemon], capture_output=True)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and set(started) & set(running_daemons()):
         time.sleep(0.1)
-    left = sorted(set(started) & set(running_daemons()))
-    assert not left, f"SLURM daemons started by the tests outlive them: {left}"
+    return sorted(set(started) & set(running_daemons()))
 
 
 def squeue(*job_ids: str) -> list[str]:
