@@ -92,11 +92,6 @@ class TokenStream:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state`; takes effect at the next `iter()`."""
-        if state.get("kind") == "store":
-            raise ValueError(
-                "the checkpoint's data position is for token stores, but this run reads text sources: resume with "
-                "the stores it was saved with (or start from its weights: checkpoint.load_state=model)"
-            )
         if state.get("version") not in (1, STATE_VERSION) or state.get("split") != self.split:
             raise ValueError(
                 f"data stream state is for split={state.get('split')!r} version={state.get('version')!r}, "

@@ -4,7 +4,6 @@ Used only for data.tokenizer.kind=gpt2 and only when tiktoken is installed (the 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 from tokenizers import Tokenizer
@@ -23,7 +22,6 @@ def encoder(kind: str, eos_token: str, eos_id: int, tok: Tokenizer) -> Callable[
     fast = tiktoken_gpt2(eos_token, eos_id) if kind == "gpt2" else None
     if fast is None:
         return None
-    os.environ.setdefault("RAYON_NUM_THREADS", "1")
     exact = getattr(tok, "encode_batch_fast", tok.encode_batch)
     return checked(fast, lambda texts: [e.ids for e in exact(texts, add_special_tokens=False)])
 

@@ -4,6 +4,7 @@ temp names and renamed, its record last, so a killed run redoes only the units i
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -79,8 +80,6 @@ def unit_done(root: Path, unit: dict[str, Any]) -> dict[str, Any] | None:
     path = fmt.done_path(root, unit["unit"])
     if not path.is_file():
         return None
-    import json
-
     try:
         rec = json.loads(path.read_text())
     except (OSError, ValueError):
