@@ -55,6 +55,7 @@ def build_stream(
             shuffle_docs=cfg.shuffle_docs,
             seed=cfg.seed * 1_000_003 + s,
             announce=s == 0,
+            sources=cfg.sources,
         )
         for s in range(rank, n, world_size)
     ]

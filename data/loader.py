@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import datasets
 import torch
 from tokenizers import Tokenizer
 
+from .diagnose import doc_text, explained, null_counts
 from .packing import Packer
 from .sources import keep
 from .tokenizer import eos_id, tokenizer_vocab_size
@@ -44,6 +45,7 @@ class TokenStream:
         shuffle_docs: int = 0,
         seed: int = 0,
         announce: bool = False,
+        sources: Sequence[Any] = (),
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS} (got {split!r})")
@@ -70,7 +72,10 @@ class TokenStream:
         self.shuffle_docs = shuffle_docs if split == "train" else 0
         self._rng = random.Random(seed)
         self._drain = False
-        self.announce = announce  # log epoch wrap-arounds (one stream of the run does)
+        self.announce = announce  # log epoch wrap-arounds, dropped and repeated data (one stream of the run does)
+        self.sources = sources  # data.sources, to name the file behind a bad document
+        self._nulls = 0  # documents of this pass whose text is null or missing (dropped)
+        self._pass_tokens: int | None = 0  # tokens read in this pass; None: unknown (resumed from an older state)
         self._epoch = 0
         self._ds_state: dict | None = None  # dataset position after the last document pulled
         self._done = False  # val split: the single pass is over
@@ -88,6 +93,8 @@ class TokenStream:
             "pending": list(self._pending),
             "packer": self._packer.state_dict(),
             "rng": self._rng.getstate(),
+            "nulls": self._nulls,
+            "pass_tokens": self._pass_tokens,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -102,6 +109,8 @@ class TokenStream:
         self._ds_state = copy.deepcopy(state["dataset"])
         self._pending = [tuple(int(t) for t in doc) for doc in state["pending"]]
         self._packer.load_state_dict(state["packer"])
+        self._nulls = int(state.get("nulls", 0))
+        self._pass_tokens = state.get("pass_tokens")  # absent from states saved before it was counted
         if "rng" in state:  # version 1 (before the shuffle) has none: the shuffle starts from its seed
             version, internal, gauss = state["rng"]
             self._rng.setstate((version, tuple(internal), gauss))
@@ -118,15 +127,18 @@ class TokenStream:
         texts: list[str] = []
         chars = 0
         exhausted = False
-        while len(texts) < self.pull_docs and chars < self.pull_chars:
-            ex = next(it, None)
-            if ex is None:
-                exhausted = True
-                break
-            text = ex["text"]
-            if keep(text, self.split, self.val_fraction):
-                texts.append(text)
-                chars += len(text)
+        with explained(self.sources):  # a decode error or a number for a text: name the file
+            while len(texts) < self.pull_docs and chars < self.pull_chars:
+                ex = next(it, None)
+                if ex is None:
+                    exhausted = True
+                    break
+                text = doc_text(ex)
+                if text is None:
+                    self._nulls += 1
+                if keep(text, self.split, self.val_fraction):
+                    texts.append(text)
+                    chars += len(text)
         # Snapshot right after the last pull: together with `_pending` it accounts for every document read.
         self._ds_state = self.dataset.state_dict()
         if texts:
@@ -135,6 +147,8 @@ class TokenStream:
             encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
             encs = encode(texts, add_special_tokens=False)
             self._pending.extend(tuple(e.ids) for e in encs)
+            if self._pass_tokens is not None:
+                self._pass_tokens += sum(len(e.ids) + 1 for e in encs)  # + the EOS each document ends with
         return not exhausted
 
     def _take(self) -> list[int]:
@@ -173,13 +187,42 @@ class TokenStream:
                             "the train split has no documents: every document is empty or held out; "
                             "check data.sources and lower data.val_fraction"
                         )
-                    self._epoch += 1
-                    self._ds_state = None
-                    if self.announce:
-                        log.info("data: every document has been read; epoch %d begins (repeat %d)", self._epoch + 1,
-                                 self._epoch)  # fmt: skip
+                    self._wrap()
                 else:
                     self._done = True
+
+    def _wrap(self) -> None:
+        """The train split's pass is over: the next epoch begins. The first wrap reports what the pass held."""
+        if self.announce and self._epoch == 0:
+            self._report_nulls()
+            batch = self.batch_size * (self.seq_len + 1)
+            if self._pass_tokens is not None and self._pass_tokens < batch:
+                log.warning(
+                    "data: the train split holds only %d tokens (this stream's share of one pass), fewer than one "
+                    "batch of %d x %d: every batch repeats the same documents; add data to data.sources (or lower "
+                    "data.val_fraction)", self._pass_tokens, self.batch_size, self.seq_len + 1,
+                )  # fmt: skip
+        self._epoch += 1
+        self._ds_state = None
+        self._nulls, self._pass_tokens = 0, 0
+        if self.announce:
+            log.info("data: every document has been read; epoch %d begins (repeat %d)", self._epoch + 1, self._epoch)
+
+    def _report_nulls(self) -> None:
+        """One warning per source that holds documents without text, with the count per file (a scan of the
+        files, once per run: the stream alone cannot tell which source a document came from)."""
+        if not self._nulls:
+            return
+        found = null_counts(self.sources)
+        for i, column, counts in found:
+            files = ", ".join(f"{p}: {n}" for p, n in sorted(counts.items()))
+            log.warning(
+                "data.sources[%d]: %d documents have no `%s` (null or missing) and are skipped (%s); fill or drop "
+                "them to silence this", i, sum(counts.values()), column, files,
+            )  # fmt: skip
+        if not found:  # hub sources: only this stream's count is known
+            log.warning("data: %d documents of one pass over the train split have no text (null) and are skipped",
+                        self._nulls)  # fmt: skip
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         it_box: list[Iterator[dict] | None] = [None]

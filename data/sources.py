@@ -134,11 +134,16 @@ def source_format(source: Any, files: Sequence[str], index: int = 0) -> str:
 def load_source(source: Any, index: int = 0, shuffle_seed: int | None = None) -> datasets.IterableDataset:
     """Open one source as a streaming dataset with a single "text" column; its files in an order shuffled by
     `shuffle_seed` (None: sorted), so a corpus whose files are sorted by subject does not arrive subject by subject."""
+    from .diagnose import explained  # it scans files found by this module
+
     files = resolve_files(source, index)
     if files is not None and shuffle_seed is not None:
         random.Random(shuffle_seed * 7919 + index).shuffle(files)
     if files is None:
-        ds = datasets.load_dataset(source.path, source.name, split=source.split, streaming=True)
+        try:
+            ds = datasets.load_dataset(source.path, source.name, split=source.split, streaming=True)
+        except ConnectionError as e:  # the hub's own errors say neither the field nor a way out
+            raise hub_unreachable(source, index, e) from None
     else:
         fmt = source_format(source, files, index)
         kwargs = {"sample_by": source.sample_by} if fmt == "text" else {}
@@ -149,7 +154,8 @@ def load_source(source: Any, index: int = 0, shuffle_seed: int | None = None) ->
     columns = list(ds.features) if ds.features is not None else None
     if columns is None:
         # JSON/hub features can be unknown until read: peek at the first example.
-        first = next(iter(ds), None)
+        with explained({index: source}):
+            first = next(iter(ds), None)
         if first is None:
             raise ValueError(f"data.sources[{index}].path={source.path!r} yields no documents; point it at data")
         columns = list(first)
@@ -161,6 +167,28 @@ def load_source(source: Any, index: int = 0, shuffle_seed: int | None = None) ->
     if col != "text":
         ds = ds.rename_column(col, "text")
     return ds
+
+
+def _offline() -> str | None:
+    """The variable that keeps datasets off the network, if one is set."""
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on"):
+            return name
+    return None
+
+
+def hub_unreachable(source: Any, index: int, error: Exception) -> ValueError:
+    """The one line for a hub dataset that cannot be fetched (offline mode fails at once; a network error after the
+    hub client's retries)."""
+    offline = _offline()
+    why = f"{offline}={os.environ[offline]} is set" if offline else f"no network: {error}"
+    local = f"hf download {source.path} --repo-type dataset --local-dir DIR"
+    way = f"or unset {offline} on a machine with network" if offline else "or retry with network"
+    return ValueError(
+        f"data.sources[{index}].path={source.path!r} is a Hugging Face Hub dataset that cannot be reached ({why}) "
+        f"and is not in the local cache: download it where there is network ({local}) and set "
+        f"data.sources[{index}].path=DIR, {way}"
+    )
 
 
 def build_dataset(cfg: Any, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> datasets.IterableDataset:
@@ -189,10 +217,13 @@ def keep(text: str | None, split: str, val_fraction: float) -> bool:
 
 
 def source_fingerprint(cfg: Any) -> list[Any]:
-    """What identifies the corpus for caching: source settings plus the resolved files and their sizes."""
+    """What identifies the corpus on this machine, from a stat per file: source settings plus each resolved file's
+    real path, size, mtime and ctime. Any write to a file changes its ctime, which no tool can set back (mtime can
+    be: cp -p, rsync -t). Hub datasets are identified by name."""
     out: list[Any] = []
     for i, src in enumerate(cfg.sources):
         files = resolve_files(src, i)
+        stats = None if files is None else [(os.path.realpath(p), os.stat(p)) for p in files]
         out.append(
             [
                 src.path,
@@ -202,7 +233,7 @@ def source_fingerprint(cfg: Any) -> list[Any]:
                 src.format,
                 src.sample_by,
                 src.split,
-                None if files is None else [[os.path.basename(p), os.path.getsize(p)] for p in files],
+                None if stats is None else [[p, st.st_size, st.st_mtime_ns, st.st_ctime_ns] for p, st in stats],
             ]
         )
     return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import itertools
 import json
@@ -14,6 +16,7 @@ from typing import Any
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from .config import validate_data_config
+from .diagnose import doc_text, explained
 from .sources import build_dataset, keep, source_fingerprint
 
 log = logging.getLogger(__name__)
@@ -65,29 +68,61 @@ def gpt2_tokenizer(eos_token: str) -> Tokenizer:
     return tok
 
 
-def _train_texts(cfg: Any, counted: list[int]) -> Iterator[str]:
-    # Rank 0's full (unsharded) stream, train split only: every rank trains the very same tokenizer.
+def _first_train_docs(cfg: Any) -> Iterator[str]:
+    """The documents the BPE is trained on: the first `train_docs` of the train split, from rank 0's full
+    (unsharded) stream, so that every rank trains the very same tokenizer."""
     ds = build_dataset(cfg, rank=0, world_size=1, shuffle=False)  # sorted files: the same BPE whatever the shuffle
-    texts = (ex["text"] for ex in ds if keep(ex["text"], "train", cfg.val_fraction))
-    for text in itertools.islice(texts, cfg.tokenizer.train_docs):
+    with explained(cfg.sources):
+        texts = (t for t in (doc_text(ex) for ex in ds) if keep(t, "train", cfg.val_fraction))
+        yield from itertools.islice(texts, cfg.tokenizer.train_docs)
+
+
+def _train_texts(cfg: Any, counted: list[int]) -> Iterator[str]:
+    for text in _first_train_docs(cfg):
         counted[0] += 1
         yield text
 
 
-def _cache_path(cfg: Any) -> str:
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _stat_key(cfg: Any) -> str:
+    """Cheap: the settings and a stat of every file. It changes whenever a file does; a copy elsewhere (another
+    node's) gets its own, and finds the tokenizer through the content key."""
     tc = cfg.tokenizer
-    key = {
-        "sources": source_fingerprint(cfg),
-        "vocab_size": tc.vocab_size,
-        "train_docs": tc.train_docs,
-        "eos_token": tc.eos_token,
-        # Which documents are "the first train docs" depends on the split and the mixing order too.
-        "val_fraction": cfg.val_fraction,
-        "seed": cfg.seed,
-        "version": 1,
-    }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return os.path.join(os.path.expanduser(tc.cache_dir), f"bpe-{tc.vocab_size}-{digest}.json")
+    settings = [tc.vocab_size, tc.train_docs, tc.eos_token, cfg.val_fraction, cfg.seed]
+    return _digest({"sources": source_fingerprint(cfg), "settings": settings, "version": 2})
+
+
+def _content_key(cfg: Any) -> str:
+    """Correct: what the BPE is a function of -- the texts it is trained on, in order, and the vocabulary settings.
+    Costs a read of up to data.tokenizer.train_docs documents, only when the stat key is new."""
+    h = hashlib.blake2b(digest_size=16)
+    for text in _first_train_docs(cfg):
+        data = text.encode("utf-8", "surrogatepass")
+        h.update(len(data).to_bytes(8, "little") + data)
+    tc = cfg.tokenizer
+    return _digest({"texts": h.hexdigest(), "vocab_size": tc.vocab_size, "eos_token": tc.eos_token, "version": 2})
+
+
+def _cache_path(cfg: Any) -> str:
+    """bpe-VOCAB-CONTENT-STAT.json: found by the stat key when the files are unchanged, else by the content key
+    (the corpus was touched or copied, not changed: the file is linked under the new stat key), else new."""
+    tc = cfg.tokenizer
+    folder = os.path.expanduser(tc.cache_dir)
+    stat = _stat_key(cfg)
+    hit = sorted(glob.glob(os.path.join(glob.escape(folder), f"bpe-{tc.vocab_size}-*-{stat}.json")))
+    if hit:
+        return hit[0]
+    content = _content_key(cfg)
+    path = os.path.join(folder, f"bpe-{tc.vocab_size}-{content}-{stat}.json")
+    same = sorted(glob.glob(os.path.join(glob.escape(folder), f"bpe-{tc.vocab_size}-{content}-*.json")))
+    if same:
+        with contextlib.suppress(OSError):  # a lost race or a filesystem without links: the next run links
+            os.link(same[0], path)
+        return path if os.path.exists(path) else same[0]
+    return path
 
 
 def train_bpe(cfg: Any) -> Tokenizer:
@@ -112,10 +147,14 @@ def train_bpe(cfg: Any) -> Tokenizer:
 
 
 def cached_bpe(cfg: Any) -> Tokenizer:
-    """Load the trained BPE from the cache, training and saving it first if needed."""
+    """Load the trained BPE from the cache, training and saving it first if needed. A cache file that cannot be
+    read (truncated by a full disk, say) is derived data: it is trained again and replaced, with a warning."""
     path = _cache_path(cfg)
     if os.path.exists(path):
-        return Tokenizer.from_file(path)
+        try:
+            return check_ids(Tokenizer.from_file(path), path)
+        except Exception as e:  # tokenizers raises a bare Exception for a file it cannot parse
+            log.warning("tokenizer cache %s is damaged (%s): training it again", path, str(e).split("\n")[0])
     log.info(
         "training a %d-token BPE on up to %d training documents -> %s", cfg.tokenizer.vocab_size,
         cfg.tokenizer.train_docs, path,
@@ -131,6 +170,20 @@ def cached_bpe(cfg: Any) -> Tokenizer:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    return tok
+
+
+def check_ids(tok: Tokenizer, where: str) -> Tokenizer:
+    """Every id must index the embedding (which has tokenizer_vocab_size rows): a damaged id in a tokenizer.json
+    loads without a word and fails later, deep in the model."""
+    size = tokenizer_vocab_size(tok)
+    vocab = tok.get_vocab(with_added_tokens=True)
+    token = max(vocab, key=vocab.__getitem__, default=None)
+    if token is not None and vocab[token] >= size:
+        raise ValueError(
+            f"{where} is damaged: token {token!r} has id {vocab[token]}, but the vocabulary has {size} ids "
+            f"(0..{size - 1}): restore or regenerate the file"
+        )
     return tok
 
 
@@ -155,6 +208,7 @@ def _configured(cfg: Any) -> Tokenizer:
             tok = Tokenizer.from_file(path)
         except Exception as e:  # tokenizers raises a bare Exception for a file it cannot parse
             raise ValueError(f"data.tokenizer.path={tc.path!r} is not a readable tokenizer.json ({e})") from None
+        check_ids(tok, f"data.tokenizer.path={tc.path!r}")
     elif tc.kind == "gpt2":
         tok = gpt2_tokenizer(tc.eos_token)
     else:

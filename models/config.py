@@ -84,7 +84,12 @@ def validate_model_config(cfg: ModelConfig) -> None:
         )
     if cfg.head_dim % 2:
         raise ValueError(f"head_dim = model.dim / model.n_heads = {cfg.head_dim} must be even for RoPE")
-    if cfg.kv_heads <= 0 or cfg.n_heads % cfg.kv_heads:
+    if cfg.n_kv_heads is not None and cfg.n_kv_heads <= 0:  # 0 would silently mean "as many as n_heads"
+        raise ValueError(
+            f"model.n_kv_heads must be positive or null (null: as many as model.n_heads={cfg.n_heads}), got "
+            f"{cfg.n_kv_heads}"
+        )
+    if cfg.n_heads % cfg.kv_heads:
         raise ValueError(
             f"model.n_kv_heads={cfg.n_kv_heads} must divide model.n_heads={cfg.n_heads} (grouped-query attention)"
         )

@@ -56,16 +56,27 @@ def auto_device_type() -> str:
     return "cpu"
 
 
+class DeviceUnavailable(ValueError, RuntimeError):
+    """trainer.device names a device this machine cannot use: a user error (ValueError, one line from `train`), and
+    a RuntimeError as it always was."""
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """`trainer.device`: "auto" or a device type. Accelerators get the local rank's index."""
     kind = auto_device_type() if name == "auto" else name
     if kind == "cpu":
         return torch.device("cpu")
     module = getattr(torch, kind, None)
-    if module is None or not module.is_available():
-        raise RuntimeError(
+    if module is None or not hasattr(module, "is_available"):
+        raise DeviceUnavailable(
             f"trainer.device={name!r} asks for {kind}, which this torch build cannot use: "
             f"set trainer.device=auto or install a torch build for {kind}"
+        )
+    if not module.is_available():
+        raise DeviceUnavailable(
+            f"trainer.device={name!r} asks for {kind}, but torch.{kind}.is_available() is False on this machine "
+            f"(no device, no driver, or a torch {torch.__version__} built without {kind}): set trainer.device=auto "
+            f"(or cpu), or run where {kind} works"
         )
     device = torch.device(kind, local_rank) if kind != "mps" else torch.device("mps")
     if hasattr(module, "set_device") and kind != "mps":

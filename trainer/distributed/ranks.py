@@ -27,6 +27,11 @@ LOCAL_SIZE_VARS = ("LOCAL_WORLD_SIZE", "PALS_LOCAL_SIZE", "MPI_LOCALNRANKS", "OM
 MPI_HINTS = ("PMI_", "PMIX_", "OMPI_", "MPI_", "HYDRA_", "HYDI_", "PALS_", "I_MPI_")
 
 
+class LauncherError(ValueError, RuntimeError):
+    """A launcher environment that cannot work. A ValueError, so every command reports it in one line like a
+    config error; a RuntimeError, as callers have caught it so far."""
+
+
 @dataclass(frozen=True)
 class Ranks:
     """Where this process sits in the job."""
@@ -48,7 +53,10 @@ def _first(environ: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, int
             try:
                 return name, int(value)
             except ValueError:
-                raise RuntimeError(f"launcher variable {name}={value!r} is not an integer") from None
+                raise LauncherError(
+                    f"launcher variable {name}={value!r} is not an integer: unset it, or start the job with a "
+                    f"launcher that sets it (torchrun, mpiexec, srun)"
+                ) from None
     return None
 
 
@@ -64,7 +72,7 @@ def discover_ranks(environ: Mapping[str, str] | None = None) -> Ranks:
         if local is None:
             per_node = _first(environ, LOCAL_SIZE_VARS)
             if per_node is None and world > 1:
-                raise RuntimeError(
+                raise LauncherError(
                     f"{rank[0]} is set but no local rank variable ({', '.join(LOCAL_RANK_VARS)}) nor ranks per node "
                     f"({', '.join(LOCAL_SIZE_VARS)}): export LOCAL_RANK from your launcher"
                 )
@@ -73,14 +81,30 @@ def discover_ranks(environ: Mapping[str, str] | None = None) -> Ranks:
     elif any(k.startswith(MPI_HINTS) for k in environ):
         comm = _mpi_world()
         if comm is None:
-            return Ranks()
+            return _single(size)
         node = comm.Split_type(_mpi().COMM_TYPE_SHARED)
         ranks = Ranks(comm.Get_rank(), node.Get_rank(), comm.Get_size(), "mpi")
     else:
-        return Ranks()
+        return _single(size)
     if not 0 <= ranks.rank < ranks.world_size:
-        raise RuntimeError(f"rank {ranks.rank} is outside a world of {ranks.world_size}: the launcher is misconfigured")
+        raise LauncherError(
+            f"rank {ranks.rank} is outside a world of {ranks.world_size}: the launcher is misconfigured"
+        )
     return ranks
+
+
+def _single(size: tuple[str, int] | None) -> Ranks:
+    """No rank variable: one process. A world size of several then means a launcher half set up (WORLD_SIZE
+    exported by hand, a torchrun-style script run with plain python), and this process would train alone."""
+    # SLURM_NTASKS is the allocation's task count, also in a batch script that runs one process on purpose.
+    partner = {"WORLD_SIZE": "RANK", "PMI_SIZE": "PMI_RANK", "OMPI_COMM_WORLD_SIZE": "OMPI_COMM_WORLD_RANK"}
+    if size is not None and size[1] > 1 and size[0] in partner:
+        raise LauncherError(
+            f"{size[0]}={size[1]} is set but {partner[size[0]]} is not: this process would train alone, not as one of "
+            f"{size[1]} ranks; start the job with torchrun (it sets RANK, LOCAL_RANK and WORLD_SIZE), mpiexec or "
+            f"srun, or unset {size[0]} to train in one process"
+        )
+    return Ranks()
 
 
 def _mpi():
@@ -107,6 +131,20 @@ def check_mpi_world(ranks: Ranks, mpi_size: int) -> None:
         )
 
 
+def _port(value: str, addr: str) -> int:
+    """MASTER_PORT as an integer TCP port (0, "any free port", cannot be shared with the other ranks)."""
+    try:
+        port = int(value.strip())
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise LauncherError(
+            f"MASTER_PORT={value!r} is not a TCP port: set it to an integer in 1..65535 that is free on the host of "
+            f"rank 0 (MASTER_ADDR={addr}), e.g. MASTER_PORT=29500"
+        )
+    return port
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
@@ -129,7 +167,7 @@ def rendezvous_address(ranks: Ranks, environ: Mapping[str, str] | None = None) -
     SLURM, the job's first node and a port derived from the job id."""
     environ = os.environ if environ is None else environ
     if environ.get("MASTER_ADDR") and environ.get("MASTER_PORT"):
-        return environ["MASTER_ADDR"], int(environ["MASTER_PORT"])
+        return environ["MASTER_ADDR"], _port(environ["MASTER_PORT"], environ["MASTER_ADDR"])
     if ranks.world_size == 1:
         return "127.0.0.1", _free_port()
     comm = _mpi_world() if ranks.launcher == "mpi" or any(k.startswith(MPI_HINTS) for k in environ) else None
@@ -140,7 +178,7 @@ def rendezvous_address(ranks: Ranks, environ: Mapping[str, str] | None = None) -
     host = _slurm_first_host(environ)
     if host and environ.get("SLURM_JOB_ID"):
         return environ.get("MASTER_ADDR", host), 20000 + int(environ["SLURM_JOB_ID"]) % 20000
-    raise RuntimeError(
+    raise LauncherError(
         f"cannot find the rendezvous address of this {ranks.world_size}-rank job: export MASTER_ADDR (the host of "
         f"rank 0) and MASTER_PORT, or install mpi4py (pip install 'anytrain[mpi]') so rank 0 can broadcast them"
     )
