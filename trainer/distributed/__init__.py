@@ -3,7 +3,8 @@
 
 - `ranks`: rank, local rank and world size from the launcher's variables; the rendezvous store.
 - `devices`: device, backend, autocast, SDPA kernels, peak FLOP/s, memory, RNG.
-- `group`: the process group's lifetime (`process_group()`, a context manager).
+- `group`: the process group's lifetime (`process_group()`, a context manager) and its collective timeouts
+  (the start-up budget, then `steady_timeouts()`).
 - `collectives`: the few reductions the trainer issues itself, and `together`.
 - `parallel`: activation checkpointing, compile, DDP, FSDP2/HSDP (`ParallelConfig`, `parallelize`).
 """
@@ -35,11 +36,20 @@ from .devices import (
     set_rng_state,
     synchronize,
 )
-from .group import end_distributed, init_distributed, is_distributed, process_group
+from .group import (
+    CollectiveTimeout,
+    end_distributed,
+    init_distributed,
+    is_collective_timeout,
+    is_distributed,
+    process_group,
+    steady_timeouts,
+)
 from .ranks import Ranks, discover_ranks, make_store, process_start_time, ranks_per_node, rendezvous_address
 
 __all__ = [
     "ATTENTION_KERNELS",
+    "CollectiveTimeout",
     "PeerFailed",
     "Ranks",
     "ranks_per_node",
@@ -57,6 +67,7 @@ __all__ = [
     "discover_ranks",
     "end_distributed",
     "init_distributed",
+    "is_collective_timeout",
     "is_distributed",
     "make_store",
     "max_over_ranks",
@@ -70,6 +81,7 @@ __all__ = [
     "resolve_device",
     "rng_state",
     "set_rng_state",
+    "steady_timeouts",
     "synchronize",
     "together",
 ]

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 from .devices import auto_device_type
-from .group import is_distributed
+from .group import collective_timeout, is_collective_timeout, is_distributed
 
 T = TypeVar("T")
 
@@ -18,10 +18,13 @@ def cpu_group(dedicated: bool = False) -> dist.ProcessGroup | None:
     """A process group that carries CPU tensors (control flags, asynchronous checkpoint writes): the world group
     when it is gloo already, else a new gloo group. `dedicated` always makes a new one, for collectives issued from
     another thread: two threads sharing one group interleave their collectives differently on each rank and hang.
-    A collective: call it on every rank. None without a group."""
+    A new group gets the collective timeout in force (see steady_timeouts). A collective: call it on every rank.
+    None without a group."""
     if not is_distributed() or dist.get_world_size() == 1:
         return None
-    return dist.group.WORLD if dist.get_backend() == "gloo" and not dedicated else dist.new_group(backend="gloo")
+    if dist.get_backend() == "gloo" and not dedicated:
+        return dist.group.WORLD
+    return dist.new_group(backend="gloo", timeout=collective_timeout())
 
 
 def _reduce(x: torch.Tensor, op: dist.ReduceOp, group: dist.ProcessGroup | None = None) -> torch.Tensor:
@@ -84,6 +87,8 @@ def together(fn: Callable[[], T]) -> T:
         out = fn()
     except Exception as e:  # re-raised below, on this rank and (as PeerFailed) on every other one
         error = e
+    if error is not None and is_collective_timeout(error):
+        raise error  # a rank is hung: agreeing with it would wait out the timeout once more
     if is_distributed():
         if max_over_ranks(0.0 if error is None else 1.0) and error is None:
             raise PeerFailed("another rank failed (its error is in its log): stopping this rank too")

@@ -38,8 +38,13 @@ class ParallelConfig:
     """"none", or "full": recompute whole blocks in backward (every `ac_every`-th block)."""
     ac_every: int = 1
     """With activation_checkpoint=full: checkpoint blocks 0, k, 2k, ... (1 checkpoints all)."""
-    timeout_s: float = 1800.0
-    """Seconds a collective (and the start-up rendezvous) may wait before the job fails."""
+    timeout_s: float = 600.0
+    """Seconds a collective may wait for the other ranks once the first step is done: a stopped or hung rank
+    fails the job after this long. Raise it if a step, an evaluation or a checkpoint save can keep one rank this
+    far behind the others."""
+    startup_timeout_s: float = 1800.0
+    """Seconds a collective may wait until the first step is done: the process group's start, loading a
+    checkpoint, compiling and the first step itself."""
 
 
 def validate_parallel(p: ParallelConfig, world_size: int) -> None:
@@ -56,6 +61,11 @@ def validate_parallel(p: ParallelConfig, world_size: int) -> None:
         raise ValueError(
             f"parallel.activation_checkpoint must be none or full and parallel.ac_every >= 1, got "
             f"{p.activation_checkpoint!r}, {p.ac_every}"
+        )
+    if p.timeout_s <= 0 or p.startup_timeout_s <= 0:
+        raise ValueError(
+            f"parallel.timeout_s and parallel.startup_timeout_s must be > 0 seconds, got {p.timeout_s:g} and "
+            f"{p.startup_timeout_s:g}"
         )
     for name in ("mp_param_dtype", "mp_reduce_dtype"):
         if getattr(p, name) not in (None, "bf16", "fp32"):

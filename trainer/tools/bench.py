@@ -111,7 +111,7 @@ def bench(cfg: TrainConfig, opts: BenchOptions, ranks: distributed.Ranks | None 
             "tokenizer it builds sets it"
         )
     p = cfg.parallel
-    with distributed.process_group(ranks, cfg.trainer.device, p.backend, p.timeout_s) as device:
+    with distributed.process_group(ranks, cfg.trainer.device, p.backend, p.startup_timeout_s) as device:
         return _bench(cfg, opts, ranks, device, job_start)
 
 
@@ -159,6 +159,7 @@ def _measure(
     losses.append(train_step(run, first)[0])
     distributed.synchronize(device)
     first_step_s, time_to_first_step_s = time.perf_counter() - first_start, time.time() - job_start
+    distributed.steady_timeouts(cfg.parallel.timeout_s)  # compile is done: a hung rank now fails in minutes
     clock.mark()
     for _ in range(opts.warmup + opts.steps - 1):
         losses.append(train_step(run, [next(batches) for _ in range(opts.accum)])[0])
