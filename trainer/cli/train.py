@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .. import distributed
+from .. import distributed, run_lock
 from ..checkpointing.run_state import adopt_checkpoint
 from ..config import config_from_yaml, config_to_yaml, register_schemas, to_train_config, validate
 from ..loop import fit
@@ -68,6 +68,9 @@ def _hydra_main(cfg: DictConfig) -> None:
             _discard_if_unused(Path(run_dir))
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except distributed.CollectiveTimeout as e:  # a hung peer: one line; exit 1, not 2, so that retries still apply
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _discard_if_unused(run_dir: Path) -> None:
@@ -135,11 +138,24 @@ def _configs_installed() -> None:
         sys.exit(2)
 
 
+def _check_run_dirs(given: list[str]) -> None:
+    """A trainer.run_dir given on the command line that is a file, cannot be written or is in use by another job:
+    one line before Hydra writes its own files into it (and before a job script is rendered there)."""
+    try:
+        for d in given:
+            run_lock.preflight(Path(d).expanduser())
+    except run_lock.RunDirError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main() -> None:
     _configs_installed()
     given = [a.split("=", 1)[1] for a in sys.argv[1:] if a.lstrip("+").startswith("trainer.run_dir=")]
     _Job.existing_dirs = {Path(d).expanduser().resolve() for d in given if Path(d).expanduser().exists()}
     ranks = _job_ranks()
+    if ranks.is_main and "-m" not in sys.argv and "--multirun" not in sys.argv:
+        _check_run_dirs(given)
     if ranks.world_size == 1:
         _hydra_main()
         return
@@ -164,6 +180,9 @@ def main() -> None:
     except USER_ERRORS as e:
         print(f"error (rank {ranks.rank}): {e}", file=sys.stderr)
         sys.exit(2)
+    except distributed.CollectiveTimeout as e:
+        print(f"error (rank {ranks.rank}): {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 def run_from_dir(run_dir: str | Path) -> dict:
@@ -178,6 +197,9 @@ def run_from_dir(run_dir: str | Path) -> dict:
     except CONFIG_ERRORS as e:  # as `train` does: one clear line in the job log, exit code 2
         print(f"error (rank {ranks.rank}): {e}", file=sys.stderr)
         sys.exit(2)
+    except distributed.CollectiveTimeout as e:
+        print(f"error (rank {ranks.rank}): {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
