@@ -18,7 +18,9 @@ import optim
 
 from . import distributed
 from .checkpointing import CHECKPOINTS, Checkpointer, check_architecture, read_meta
-from .checkpointing.run_state import check_tokenizer, restore_run, resume_source
+from .checkpointing.changes import compare
+from .checkpointing.resume import resume_source
+from .checkpointing.run_state import check_tokenizer, restore_run
 from .config import TrainConfig, grad_accum_steps, validate
 from .distributed import parallel
 from .run import Run
@@ -108,7 +110,7 @@ def build_run(cfg: TrainConfig, run_dir: str | Path, ranks: distributed.Ranks, d
     run_dir = Path(run_dir)
     if cfg.checkpoint.load_state not in ("model", "all"):
         raise ValueError(f"checkpoint.load_state must be model or all, got {cfg.checkpoint.load_state!r}")
-    source, full = resume_source(cfg, run_dir, ranks.is_main)
+    source, full = resume_source(cfg, run_dir, ranks)
     if cfg.trainer.max_steps == 0 and source is not None and source.parent == run_dir / CHECKPOINTS:  # its own
         raise ValueError(
             f"trainer.max_steps=0 evaluates in a run directory of its own, and {run_dir} holds a run's checkpoints "
@@ -124,9 +126,14 @@ def build_run(cfg: TrainConfig, run_dir: str | Path, ranks: distributed.Ranks, d
     t = cfg.trainer
     tokenizer = shared_tokenizer(cfg, ranks)
     cfg = resolve_eos(resolve_vocab(cfg, tokenizer.get_vocab_size()), tokenizer)
+    changes = None
     if meta:
         check_architecture(meta, cfg.model, source)
-        check_tokenizer(source, tokenizer)
+        changes = compare(cfg, meta["config"], str(source)) if full and "config" in meta else None
+        if not (changes and "tokenizer" in changes.allowed):
+            check_tokenizer(source, tokenizer)
+        if changes and changes.allowed.keys() & {"data", "seq_len", "seed"}:  # stores go on from the same position
+            cfg = replace(cfg, data=replace(cfg.data, allow_data_change=True))
     train_stream = data.build_stream(cfg.data, tokenizer, "train", t.micro_batch, ranks.rank, ranks.world_size)
     if isinstance(train_stream, data.StoreStream):  # how often each store is read: an error past data.max_repeat
         for line in train_stream.plan(t.max_steps * t.global_batch, cfg.data.max_repeat):
@@ -138,7 +145,7 @@ def build_run(cfg: TrainConfig, run_dir: str | Path, ranks: distributed.Ranks, d
     run.val_batches = val_batches
     run.checkpointer = Checkpointer(cfg.checkpoint, run_dir, ranks.rank, tokenizer)
     if source:
-        restore_run(run, source, meta, full)
+        restore_run(run, source, meta, full, changes)
         run.source, run.restored_all = source, full
     distributed.together(lambda: ranks.is_main and OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml"))
     return run

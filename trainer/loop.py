@@ -14,12 +14,13 @@ import optim
 
 from . import distributed, lr_finder
 from .build import build_run
-from .checkpointing.run_state import save_run
+from .checkpointing.run_state import no_save_advice, save_run
 from .config import TrainConfig
 from .distributed import parallel
 from .metrics import MetricsLogger, truncate_metrics
 from .preemption import Preemption
 from .run import Run
+from .run_lock import hold
 from .spikes import guarded_step, in_ranges
 
 DONE = "DONE"  # written into the run directory when trainer.max_steps is reached
@@ -81,12 +82,14 @@ def fit(
     cfg: TrainConfig, run_dir: str | Path, ranks: distributed.Ranks | None = None, store: dist.Store | None = None
 ) -> dict:
     """Train (or resume) until trainer.max_steps and return the last logged metrics. With several ranks, start the
-    process group on the rank's device first (`store`: the rendezvous the launcher entry already made)."""
+    process group on the rank's device first (`store`: the rendezvous the launcher entry already made). One job at
+    a time: rank 0 holds the run directory's lock (run_lock) before anything is written into it, until the end."""
     job_start = distributed.process_start_time()
     ranks = ranks or distributed.Ranks()
     p = cfg.parallel
-    with distributed.process_group(ranks, cfg.trainer.device, p.backend, p.timeout_s, store) as device:
-        return _fit(cfg, Path(run_dir), ranks, device, job_start)
+    with distributed.process_group(ranks, cfg.trainer.device, p.backend, p.startup_timeout_s, store) as device:
+        with hold(run_dir, ranks):
+            return _fit(cfg, Path(run_dir), ranks, device, job_start)
 
 
 def _fit(cfg: TrainConfig, run_dir: Path, ranks: distributed.Ranks, device: torch.device, job_start: float) -> dict:
@@ -173,8 +176,8 @@ def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
             return last
         if run.ranks.is_main:  # a finished run extended with a larger max_steps is not done any more
             (run.run_dir / DONE).unlink(missing_ok=True)
-        if start == 0:
-            log.log({"step": 0, "val_loss": evaluate(run)})  # the starting point of the held-out curve
+        if start == 0 or run.eval_pending:  # the curve's starting point, or the evaluation a preemption cut short
+            log.log({"step": start, "val_loss": evaluate(run)})
         stream = iter(run.train_stream)
         window_start, window_steps = time.perf_counter(), 0
         steady_start, steady_step = None, None  # set at the first trained step's log: the ETA's clock
@@ -184,17 +187,19 @@ def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
             if in_ranges(step, t.skip_steps):  # drawn and discarded: the data order afterwards is unchanged
                 skip_start = time.perf_counter()
                 run.scheduler.step()
+                run.tokens_seen += tokens_per_step
                 log.advance()
                 log.log({"step": step, "lr": lr, "skipped": "manual", "batch_hash": _fingerprint(batches)})
                 window_start += time.perf_counter() - skip_start  # left out of tokens/s and MFU
                 continue
             loss, grad_norm = train_step(run, batches)
+            run.tokens_seen += tokens_per_step
             run.spikes.note_limit(step, t.max_consecutive_skips, loss, grad_norm)
             window_steps += 1
             log.advance()
             is_last = step == t.max_steps
             do_eval = is_last or (t.eval_every > 0 and step % t.eval_every == 0)
-            stop = False
+            stop = eval_cut = False
             if not (step % t.log_every and not do_eval and step != start + 1):
                 distributed.synchronize(run.device)
                 elapsed = time.perf_counter() - window_start
@@ -214,14 +219,14 @@ def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
                     raise TooManySkips(
                         f"more than trainer.max_consecutive_skips={t.max_consecutive_skips} updates in a row were "
                         f"skipped as spikes or NaN, first passing the limit at step {int(s_step)} (loss {s_loss:.4g}, "
-                        f"grad norm {s_norm:.4g}): inspect the data around that step, lower optim.lr, or resume from "
-                        f"an earlier checkpoint with trainer.skip_steps covering the bad batches"
+                        f"grad norm {s_norm:.4g}): inspect the data around that step; "
+                        f"{no_save_advice(run.run_dir, step).removeprefix('not saved; ')}"
                     )
                 if step == start + 1:
                     metrics["time_to_first_step_s"] = time.time() - job_start
                 if do_eval:
                     val = evaluate(run, preemption)
-                    stop = val is None
+                    stop = eval_cut = val is None
                     if val is not None:
                         metrics["val_loss"] = val
                 log.log(metrics)
@@ -229,9 +234,10 @@ def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
                 window_start, window_steps = time.perf_counter(), 0
                 if steady_start is None:
                     steady_start, steady_step = window_start, step
+                    distributed.steady_timeouts(cfg.parallel.timeout_s)  # start-up is over: hangs fail in minutes
             stop = stop or preemption.agreed()
             if stop or (cfg.checkpoint.every > 0 and (step % cfg.checkpoint.every == 0 or is_last)):
-                save_run(run, step)
+                save_run(run, step, eval_pending=eval_cut)
             if stop:
                 run.checkpointer.finish()
                 log.message(f"preempted by signal {preemption.received or 'on another rank'}: saved step {step}")

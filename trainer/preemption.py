@@ -1,10 +1,12 @@
-"""Preemption: a SIGTERM or SIGUSR1 on any rank stops every rank at the same step, so they can save together."""
+"""Preemption: a SIGTERM, SIGUSR1 or SIGINT (Ctrl-C) on any rank stops every rank at the same step, so they can
+save together. A second Ctrl-C aborts at once, without saving."""
 
 import signal
+import sys
 
 from . import distributed
 
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class Preemption:
@@ -27,6 +29,10 @@ class Preemption:
             signal.signal(sig, handler)
 
     def _handle(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: the user does not want to wait for the save
+        if signum == signal.SIGINT:
+            print("interrupted: saving a checkpoint at the end of this step (Ctrl-C again to abort)", file=sys.stderr)
         self.received = signum
 
     def agreed(self) -> bool:

@@ -35,3 +35,5 @@ class Run:
     start_step: int = 0
     source: Path | None = None  # the checkpoint the weights came from, if any
     restored_all: bool = False  # whether optimizer, schedule, data position and step came with them
+    tokens_seen: int = 0  # training tokens drawn so far, over every start (true across global_batch changes)
+    eval_pending: bool = False  # the checkpoint's own evaluation was cut short: do it first

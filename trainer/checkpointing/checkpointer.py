@@ -1,10 +1,16 @@
 """Saving a run's checkpoints on every rank (synchronously or in the background), pruning old ones, and loading
-one into the live, possibly sharded, model and optimizer. The file layout is in files.py."""
+one into the live, possibly sharded, model and optimizer. The file layout is in files.py.
 
+Never poison, never lose the last good one: a save whose weights are not finite is refused (checked at the save,
+which synchronises anyway, not in the step), each checkpoint records whether it was saved healthy (finite weights,
+no automatic skip in progress), and pruning keeps the newest healthy checkpoint whatever keep_last says. A save that
+fails for want of disk space says so in one line and leaves the previous checkpoints as they were."""
+
+import errno
 import logging
 import shutil
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +19,15 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from .. import distributed
-from .files import CHECKPOINTS, CheckpointError, complete_checkpoints, publish
+from .files import (
+    CHECKPOINTS,
+    CheckpointError,
+    complete_checkpoints,
+    load_dcp,
+    newest_healthy,
+    publish,
+    write_rank_digests,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +47,21 @@ class CheckpointConfig:
     async_save: bool = False
     """Write checkpoints in a background thread (training continues once the state is staged in host memory);
     the checkpoint is finalised, and marked complete, at the next save or at the end of the run."""
+    allow_changes: list[str] = field(default_factory=list)
+    """What a resume may change that alters what is trained (refused otherwise): any of model, tokenizer, data,
+    seq_len, global_batch, optim, seed. Other changes (LR, schedule, max_steps, cadences, ...) are applied and
+    listed. With data, the data position starts afresh; with optim, the optimizer state does."""
+    start_over: bool = False
+    """Start from step 0 although the run directory holds checkpoints of which none verifies (they are moved aside to
+    checkpoints.broken-<time>/, never deleted). Without it such a run refuses to start."""
+
+
+class PoisonedWeights(CheckpointError):
+    """The weights hold NaN or Inf at a save: the checkpoint is not written."""
+
+
+class DiskFull(CheckpointError):
+    """A save ran out of disk space."""
 
 
 @dataclass
@@ -64,9 +93,29 @@ class Checkpointer:
         rank_state: dict[str, Any],
         meta: dict[str, Any],
     ) -> None:
-        """Write step-N (finishing any earlier asynchronous save first)."""
+        """Write step-N (finishing any earlier asynchronous save first). Raises PoisonedWeights, and writes nothing,
+        when the weights are not finite on any rank."""
         self.finish()
+        if not weights_finite(model):
+            raise PoisonedWeights(f"the weights hold NaN or Inf at step {step}")
         tmp = self.root / f".step-{step}.tmp"
+        try:
+            self._save(step, tmp, model, optimizer, rank_state, meta)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # DCP's CheckpointException is a BaseException
+            self._pending = None
+            raise self._explain(e, step, tmp) from None
+
+    def _save(
+        self,
+        step: int,
+        tmp: Path,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        rank_state: dict[str, Any],
+        meta: dict[str, Any],
+    ) -> None:
 
         def prepare() -> None:
             if self.rank == 0:
@@ -93,8 +142,31 @@ class Checkpointer:
         if self._pending is None:
             return
         pending, self._pending = self._pending, None
-        distributed.together(lambda: pending.future.result() if pending.future is not None else None)
-        distributed.together(lambda: self._publish(pending) if self.rank == 0 else None)
+        try:
+            distributed.together(lambda: pending.future.result() if pending.future is not None else None)
+            distributed.together(lambda: write_rank_digests(pending.tmp, self.rank))
+            distributed.together(lambda: self._publish(pending) if self.rank == 0 else None)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:
+            raise self._explain(e, pending.step, pending.tmp) from None
+
+    def _explain(self, e: BaseException, step: int, tmp: Path) -> BaseException:
+        """A failed save as one line when the disk is full (the partial save removed), else the error itself.
+        torch's writers often hide ENOSPC ("unexpected pos 704 vs 598"), so free space decides too."""
+        needed = _checkpoint_bytes(self.root, tmp)
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(self.root).free if self.root.exists() else 0
+        if not (_is_enospc(e) or free < needed):
+            return e
+        previous = complete_checkpoints(self.root, warn=False)
+        kept = f"the previous checkpoint {previous[0]} is intact" if previous else "no earlier checkpoint exists"
+        return DiskFull(
+            f"no space left on the device of {self.root} while saving step {step}: a checkpoint needs about "
+            f"{needed / 2**30:.2f} GiB and {free / 2**30:.2f} GiB are free ({kept}; the partial save was removed): "
+            f"free space there, lower checkpoint.keep_last, or move trainer.run_dir"
+        )
 
     def _publish(self, pending: _Pending) -> None:
         final = publish(pending.tmp, self.root / f"step-{pending.step}", pending.step, pending.meta, self.tokenizer)
@@ -102,11 +174,35 @@ class Checkpointer:
         self._prune(keep=final)
 
     def _prune(self, keep: Path) -> None:
+        """Delete all but the keep_last newest, never `keep` (just saved) nor the newest healthy checkpoint."""
         if self.cfg.keep_last <= 0:
             return
-        for old in complete_checkpoints(self.root, warn=False)[self.cfg.keep_last :]:
-            if old != keep:
+        found = complete_checkpoints(self.root, warn=False)
+        safe = {keep, newest_healthy(found)}
+        for old in found[self.cfg.keep_last :]:
+            if old not in safe:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+def weights_finite(model: torch.nn.Module) -> bool:
+    """Whether every weight is finite on every rank: one reduction on the device, one host read."""
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+    ok = torch.stack([torch.isfinite(t).all() for t in local if t.numel()]).all().float()
+    return distributed.min_over_ranks(float(ok.item())) > 0
+
+
+def _is_enospc(e: BaseException) -> bool:
+    seen: list[BaseException] = [e]
+    for failure in getattr(e, "failures", {}).values():  # DCP: {rank: (exception, stack)}
+        seen.append(failure[0] if isinstance(failure, tuple) else failure)
+    return any(isinstance(x, OSError) and x.errno == errno.ENOSPC for x in seen) or "No space left" in str(e)
+
+
+def _checkpoint_bytes(root: Path, tmp: Path) -> int:
+    """The size of the newest complete checkpoint (what the next one will need), or what the partial one holds."""
+    found = complete_checkpoints(root, warn=False)
+    where = found[0] if found else tmp
+    return sum(f.stat().st_size for f in where.iterdir() if f.is_file()) if where.is_dir() else 0
 
 
 def restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
@@ -115,10 +211,7 @@ def restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
     state = {"model": model_sd}
     if optimizer is not None:
         state["optim"] = optim_sd
-    try:
-        dcp.load(state, checkpoint_id=str(path), no_dist=not distributed.is_distributed())
-    except Exception as e:  # DCP raises many kinds on truncated or foreign files
-        raise CheckpointError(f"checkpoint {path} cannot be read: {e}") from e
+    load_dcp(state, path, no_dist=not distributed.is_distributed())
     if optimizer is not None:
         set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
     else:

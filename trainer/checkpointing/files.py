@@ -4,12 +4,14 @@ Layout of one checkpoint, `<run>/checkpoints/step-N/`:
 - `.metadata`, `*.distcp`: torch.distributed.checkpoint of {"model": ..., "optim": ...} (fp32 master weights,
   sharded as saved; any number of ranks can load it);
 - `rank-R.pt`: what is local to rank R (RNG states, data position, schedule);
-- `meta.json`: step, world size, architecture (incl. the RoPE convention), tokenizer, resolved config, file sizes;
+- `meta.json`: step, world size, architecture (incl. the RoPE convention), tokenizer, resolved config, whether the
+  weights were healthy when saved, and every other file's size and content digest (digests.py);
 - `tokenizer.json`: the tokenizer the run used;
 - `COMPLETE`: written last.
 
 A checkpoint is written into `.step-N.tmp/` and renamed to `step-N/` only once every rank has finished and the marker
-is in place, so a crash mid-save never leaves a directory that a resume would pick.
+is in place, so a crash mid-save never leaves a directory that a resume would pick. Each rank digests the files it
+wrote (`.digests-R.json`, merged into meta.json by rank 0). Nothing is unpickled on load (safe_read.py).
 """
 
 import json
@@ -28,11 +30,14 @@ import torch.distributed.checkpoint as dcp
 
 from models import ModelConfig, build_model
 
+from . import digests
+from .safe_read import UnsafeCheckpoint, safe_load
+
 log = logging.getLogger(__name__)
 # DCP warns that it runs "in a single process" every time it does, which is what we ask of it there.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
-FORMAT = 1
+FORMAT = 2  # 2: meta.json records content digests
 COMPLETE, META, TOKENIZER = "COMPLETE", "meta.json", "tokenizer.json"
 CHECKPOINTS = "checkpoints"  # the folder of a run directory that holds its step-N checkpoints
 # Fields that change the function a checkpoint's weights compute; a mismatch with the config is an error.
@@ -50,6 +55,7 @@ ARCH_FIELDS = (
     "norm_eps",
 )
 _STEP = re.compile(r"^step-(\d+)$")
+_VERIFIED: set[tuple] = set()  # checkpoints whose digests matched in this process
 
 
 class CheckpointError(ValueError):
@@ -69,13 +75,47 @@ def verify(path: Path) -> str | None:
         meta = json.loads((path / META).read_text())
     except (OSError, ValueError) as e:
         return f"unreadable {META}: {e}"
-    for name, size in meta.get("files", {}).items():
+    for name, entry in meta.get("files", {}).items():
+        size = entry["size"] if isinstance(entry, dict) else entry  # format 1 recorded sizes only
         f = path / name
         if not f.is_file():
             return f"file {name} is missing"
         if f.stat().st_size != size:
             return f"file {name} has {f.stat().st_size} bytes, {size} were written (truncated or altered)"
     return None
+
+
+def digested_files(path: Path) -> list[str]:
+    """The files of a checkpoint that have a recorded digest, in a fixed order ([] for a format-1 checkpoint)."""
+    files = read_meta(path).get("files", {})
+    return sorted(n for n, e in files.items() if isinstance(e, dict) and "sha256" in e)
+
+
+def verify_content(path: Path, share: tuple[int, int] = (0, 1)) -> str | None:
+    """verify(), then the content digests of this rank's share (rank, world) of the files: None when they match,
+    else what is wrong, naming the file."""
+    problem = verify(path)
+    if problem is not None:
+        return problem
+    names = digested_files(path)[share[0] :: share[1]]
+    # hashing a large checkpoint takes seconds: a file unchanged since it verified in this process is not re-read
+    key = (str(path.resolve()), share, tuple((n, (path / n).stat().st_mtime_ns) for n in [META, *names]))
+    if key in _VERIFIED:
+        return None
+    bad = digests.first_mismatch(path, read_meta(path)["files"], names)
+    if bad is None:
+        _VERIFIED.add(key)
+    return None if bad is None else bad[1]
+
+
+def verify_or_raise(path: Path) -> None:
+    """verify_content() of the whole checkpoint in this process, as a CheckpointError. A format-1 checkpoint
+    (sizes only) is accepted with a warning."""
+    problem = verify_content(path)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {path}: {problem}")
+    if not digested_files(path):
+        log.warning("checkpoint %s has no content digests (saved by an older anytrain): only sizes checked", path)
 
 
 def complete_checkpoints(root: Path, warn: bool = True) -> list[Path]:
@@ -93,22 +133,49 @@ def complete_checkpoints(root: Path, warn: bool = True) -> list[Path]:
     return good
 
 
-def resolve_load_path(path: str | Path) -> Path:
-    """A step-N directory as is; a run or checkpoints directory: its newest complete checkpoint."""
+def newest_healthy(found: list[Path]) -> Path | None:
+    """The newest of `found` (newest first) that was saved healthy; checkpoints older than the flag count as such."""
+    for p in found:
+        try:
+            if read_meta(p).get("healthy", True):
+                return p
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def load_candidates(path: str | Path) -> list[Path]:
+    """A step-N directory as is; a run or checkpoints directory: its complete checkpoints, newest first."""
     p = Path(path).expanduser()
     if step_of(p) is not None or (p / META).is_file():
         problem = verify(p)
         if problem:
             raise CheckpointError(f"checkpoint.load={path}: {problem}")
-        return p
+        return [p]
     for root in (p / CHECKPOINTS, p):
         found = complete_checkpoints(root)
         if found:
-            return found[0]
+            return found
     raise CheckpointError(
         f"checkpoint.load={path}: no complete checkpoint there (expected a step-N directory with a {COMPLETE} marker, "
         f"or a run directory holding checkpoints/step-N)"
     )
+
+
+def resolve_load_path(path: str | Path, check_content: bool = False) -> Path:
+    """The newest of load_candidates(path); with check_content, the newest whose content digests match (in this
+    process), the others skipped with a warning."""
+    found = load_candidates(path)
+    if not check_content:
+        return found[0]
+    skipped = []
+    for p in found:
+        problem = verify_content(p)
+        if problem is None:
+            return p
+        log.warning("skipping checkpoint %s: %s", p, problem)
+        skipped.append(f"{p.name}: {problem}")
+    raise CheckpointError(f"{path}: no checkpoint there verifies ({'; '.join(skipped)}): restore it from a copy")
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -149,6 +216,23 @@ def _fsync_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_rank_digests(tmp: Path, rank: int) -> None:
+    """Digest the files this rank wrote into a checkpoint (its DCP shards and rank-R.pt) into .digests-R.json."""
+    mine = [*tmp.glob(f"__{rank}_*.distcp"), *tmp.glob(f"rank-{rank}.pt")]
+    _fsync_write(tmp / f".digests-{rank}.json", json.dumps(digests.digest_files(sorted(mine))))
+
+
+def merge_rank_digests(tmp: Path) -> dict[str, dict[str, int | str]]:
+    """Every rank's digests, plus those of the files no rank digested (.metadata, the tokenizer), on rank 0."""
+    files: dict[str, dict[str, int | str]] = {}
+    for part in tmp.glob(".digests-*.json"):
+        files.update(json.loads(part.read_text()))
+        part.unlink()
+    rest = [f for f in tmp.iterdir() if f.is_file() and f.name not in files and f.name not in (META, COMPLETE)]
+    files.update(digests.digest_files(sorted(rest)))
+    return files
+
+
 def publish(tmp: Path, final: Path, step: int, meta: dict[str, Any], tokenizer: Any = None) -> Path:
     """Finish a checkpoint written into tmp: tokenizer, meta with file sizes, marker last, then the atomic rename.
     `tokenizer` is a tokenizer.json path or a `tokenizers.Tokenizer`."""
@@ -156,7 +240,7 @@ def publish(tmp: Path, final: Path, step: int, meta: dict[str, Any], tokenizer: 
         shutil.copyfile(tokenizer, tmp / TOKENIZER)
     elif tokenizer is not None:
         tokenizer.save(str(tmp / TOKENIZER))
-    files = {f.name: f.stat().st_size for f in tmp.iterdir() if f.is_file()}
+    files = merge_rank_digests(tmp)
     meta = {**meta, "format": FORMAT, "step": step, "saved_at": time.time(), "files": files}
     _fsync_write(tmp / META, json.dumps(meta, indent=1))
     _fsync_write(tmp / COMPLETE, f"{step}\n")
@@ -175,18 +259,31 @@ def load_model_state(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Ten
     """The consolidated fp32 weights of a checkpoint in this single process (no process group needed), with its
     model config and meta. Tied checkpoints hold both tok_embeddings.weight and output.weight (equal)."""
     path = Path(path)
-    problem = verify(path)
-    if problem:
-        raise CheckpointError(f"checkpoint {path}: {problem}")
+    verify_or_raise(path)
     meta = read_meta(path)
     cfg = ModelConfig(**meta["model"])
     shapes = build_model(cfg, device="meta").state_dict()
     state = {k: torch.empty(v.shape, dtype=torch.float32) for k, v in shapes.items()}
-    try:
-        dcp.load({"model": state}, checkpoint_id=str(path), no_dist=True)
-    except Exception as e:
-        raise CheckpointError(f"checkpoint {path} cannot be read: {e}") from e
+    load_dcp({"model": state}, path, no_dist=True)
     return cfg, state, meta
+
+
+def load_dcp(state: dict[str, Any], path: Path, no_dist: bool) -> None:
+    """safe_load, with whatever DCP raises (its CheckpointException is a BaseException) as a CheckpointError."""
+    try:
+        safe_load(state, str(path), no_dist)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # DCP raises many kinds, some not Exceptions, on truncated or foreign files
+        if isinstance(e, UnsafeCheckpoint):
+            raise CheckpointError(f"checkpoint {path} refused: {e} (do not load it: it may be crafted)") from None
+        raise CheckpointError(f"checkpoint {path} cannot be read: {_short(e)}") from None
+
+
+def _short(e: BaseException) -> str:
+    """The last line of an error: DCP's own messages carry whole tracebacks."""
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[-1].strip() if lines else ''}"
 
 
 def write_model_checkpoint(

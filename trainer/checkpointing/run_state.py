@@ -3,6 +3,7 @@ run resumes from, and how that state is put back. The only place that knows whic
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -14,7 +15,8 @@ import data
 
 from .. import distributed
 from ..config import TrainConfig, config_to_yaml
-from .checkpointer import restore
+from .changes import Changes
+from .checkpointer import PoisonedWeights, restore
 from .files import (
     ARCH_FIELDS,
     CHECKPOINTS,
@@ -22,6 +24,7 @@ from .files import (
     CheckpointError,
     complete_checkpoints,
     load_rank_states,
+    newest_healthy,
     override,
     read_meta,
     resolve_load_path,
@@ -30,16 +33,7 @@ from .files import (
 if TYPE_CHECKING:
     from ..run import Run
 
-
-def resume_source(cfg: TrainConfig, run_dir: Path, is_main: bool) -> tuple[Path | None, bool]:
-    """(checkpoint to start from, whether to restore everything). The run's own checkpoints win over
-    checkpoint.load."""
-    own = complete_checkpoints(run_dir / CHECKPOINTS, warn=is_main)
-    if own:
-        return own[0], True
-    if cfg.checkpoint.load:
-        return resolve_load_path(cfg.checkpoint.load), cfg.checkpoint.load_state == "all"
-    return None, False
+log = logging.getLogger(__name__)
 
 
 # Model fields a checkpoint fixes: its architecture, and the RoPE table length it was made for.
@@ -100,8 +94,9 @@ def check_tokenizer(source: Path, tokenizer: Tokenizer) -> None:
         )
 
 
-def save_run(run: Run, step: int) -> None:
-    """Checkpoint the run at `step` (a collective: every rank calls it)."""
+def save_run(run: Run, step: int, eval_pending: bool = False) -> None:
+    """Checkpoint the run at `step` (a collective: every rank calls it). `eval_pending`: the step's evaluation was
+    cut short by a preemption, and the resumed run does it first. Weights that are not finite are never saved."""
     cfg = run.cfg
     rank_state = {
         "step": step,
@@ -116,15 +111,36 @@ def save_run(run: Run, step: int) -> None:
         "model": asdict(cfg.model),
         "rope_style": cfg.model.rope_style,
         "tokenizer": {**asdict(cfg.data.tokenizer), "vocab_size_actual": run.train_stream.vocab_size},
-        "tokens_seen": step * cfg.trainer.global_batch * cfg.data.seq_len,
+        "tokens_seen": run.tokens_seen,
+        # healthy: finite weights (else no save at all) and no run of automatic skips in progress
+        "healthy": int(run.spikes.consecutive.item()) == 0,
+        "eval_pending": eval_pending,
         "config": config_to_yaml(cfg),
     }
-    run.checkpointer.save(step, run.model, run.optimizer, rank_state, meta)
+    try:
+        run.checkpointer.save(step, run.model, run.optimizer, rank_state, meta)
+    except PoisonedWeights as e:
+        raise PoisonedWeights(f"{e}: {no_save_advice(run.run_dir, step)}") from None
 
 
-def restore_run(run: Run, source: Path, meta: dict[str, Any], full: bool) -> None:
-    """Load the weights (and, when `full`, the optimizer and every rank's state) of `source` into the built run."""
-    restore(source, run.model, run.optimizer if full else None)
+def no_save_advice(run_dir: Path, step: int) -> str:
+    """What to do when the weights went bad by `step`: the newest checkpoint saved healthy, and how to resume."""
+    good = newest_healthy(complete_checkpoints(run_dir / CHECKPOINTS, warn=False))
+    if good is None:
+        return "no checkpoint of this run was saved healthy: start again with a lower optim.lr or other data"
+    return (
+        f"not saved; the newest healthy checkpoint is {good} (step {read_meta(good)['step']}): resume from it with "
+        f"trainer.skip_steps covering the steps after it that went wrong, or with a lower optim.lr"
+    )
+
+
+def restore_run(run: Run, source: Path, meta: dict[str, Any], full: bool, changes: Changes | None) -> None:
+    """Load the weights (and, when `full`, the optimizer and every rank's state) of `source` into the built run.
+    `changes`: what the resume changes (changes.compare); those allowed decide what starts afresh."""
+    allowed = changes.allowed if changes else {}
+    fresh_optim = "optim" in allowed
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in run.optimizer.param_groups]  # the config's
+    restore(source, run.model, run.optimizer if full and not fresh_optim else None)
     if not full:
         return
     states = load_rank_states(source)
@@ -134,5 +150,39 @@ def restore_run(run: Run, source: Path, meta: dict[str, Any], full: bool) -> Non
     distributed.set_rng_state(mine["rng"], run.device)
     if "spikes" in mine:
         run.spikes.load_state_dict(mine["spikes"])
-    run.train_stream.load_state_dict(data.merge_rank_states([s["data"] for s in states]))
+    text_data_changed = bool(allowed.keys() & {"data", "seq_len", "seed"}) and not data.uses_stores(run.cfg.data)
+    if not text_data_changed:  # token stores go on from the same global position (data.allow_data_change)
+        run.train_stream.load_state_dict(data.merge_rank_states([s["data"] for s in states]))
     run.start_step = int(meta["step"])
+    run.tokens_seen = int(meta.get("tokens_seen", 0))
+    run.eval_pending = bool(meta.get("eval_pending", False))
+    lr_before = run.optimizer.param_groups[0]["lr"]
+    apply_settings(run, settings)
+    if run.ranks.is_main and changes:
+        _log_changes(run, changes, lr_before, fresh_optim, text_data_changed)
+
+
+def apply_settings(run: Run, settings: list[dict[str, Any]]) -> None:
+    """The configured optimizer settings (LR, betas, weight decay, ...) over those loaded with its state, and the
+    LR the schedule gives now: set_state_dict would otherwise keep the checkpoint's, and a changed optim.lr or
+    schedule would be recorded but not applied. Unchanged settings give bit-identical values."""
+    sched = run.scheduler
+    for group, mine in zip(run.optimizer.param_groups, settings, strict=True):
+        group.update(mine)
+    sched.base_lrs = [g["initial_lr"] for g in run.optimizer.param_groups]
+    for group, base, fn in zip(run.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas, strict=True):
+        group["lr"] = base * fn(sched.last_epoch)
+    sched._last_lr = [g["lr"] for g in run.optimizer.param_groups]
+
+
+def _log_changes(run: Run, changes: Changes, lr_before: float, fresh_optim: bool, fresh_data: bool) -> None:
+    lines = changes.applied + [c for group in changes.allowed.values() for c in group]
+    lr_after = run.optimizer.param_groups[0]["lr"]
+    if lr_after != lr_before:
+        lines.append(f"LR of step {run.start_step + 1}: {lr_before:.4g} -> {lr_after:.4g}")
+    if fresh_optim:
+        lines.append("optimizer state starts afresh (checkpoint.allow_changes has optim)")
+    if fresh_data:
+        lines.append("data position starts afresh (the text data changed, as checkpoint.allow_changes allows)")
+    if lines:
+        log.warning("resuming with changed: %s", "; ".join(lines))

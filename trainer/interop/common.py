@@ -66,7 +66,7 @@ def tmp_dir(out: Path) -> Path:
 
 def resolve_checkpoint(path: str | Path) -> Path:
     try:
-        return checkpointing.resolve_load_path(path)
+        return checkpointing.resolve_load_path(path, check_content=True)
     except (
         checkpointing.CheckpointError
     ) as e:  # its message is worded for the training config key; here it is an argument
