@@ -15,6 +15,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from ..config import SourceConfig
+from ..diagnose import doc_text, explained
 from ..sources import is_val, load_source, resolve_files, source_format
 from ..tokenizer import eos_id, tokenizer_vocab_size
 from . import format as fmt
@@ -131,10 +132,11 @@ class _SplitWriter:
 
 def _documents(plan: dict[str, Any], unit: dict[str, Any]) -> Iterator[str]:
     src = SourceConfig(**{**plan["sources"][unit["source"]], "path": unit["path"], "format": unit["format"]})
-    for ex in load_source(src, unit["source"]):
-        text = ex["text"]
-        if text is not None and text.strip():  # empty documents belong to no split (as on the fly)
-            yield text
+    with explained({unit["source"]: src}):  # a decode error or a number for a text: one line naming the file
+        for ex in load_source(src, unit["source"]):
+            text = doc_text(ex)
+            if text is not None and text.strip():  # empty documents belong to no split (as on the fly)
+                yield text
 
 
 def tokenize_unit(

@@ -316,3 +316,12 @@ def test_a_store_position_is_refused_by_a_text_stream(store):
     text = build_stream(_cfg(tmp, tmp / "corpus"), tok, "train", 4)
     with pytest.raises(ValueError, match="position is for token stores, but this run reads text sources"):
         text.load_state_dict({"kind": "store", "samples": 8, "key": "x", "version": 1, "split": "train"})
+
+
+def test_a_number_for_a_text_is_named_by_file_and_line(store, tmp_path):
+    _, _, tok = store
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.jsonl").write_text('{"text": "fine words"}\n{"text": 5}\n')
+    cfg = _cfg(tmp_path, tmp_path / "bad")
+    with pytest.raises(ValueError, match=r"a.jsonl line 2: `text` is an int \(5\), not a string"):
+        build_store(tmp_path / "st", cfg, tok, workers=1, show=False)
