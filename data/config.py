@@ -67,7 +67,8 @@ class DataConfig:
     store; more is an error before training. null: no bound (each store's epochs are logged at start)."""
     allow_data_change: bool = False
     """Token stores only: let a resume go on from the same global sample position although the stores, weights,
-    seed or seq_len changed since the checkpoint (by default that is an error)."""
+    seed or seq_len changed since the checkpoint (by default that is an error). The same as naming data and seq_len
+    in checkpoint.allow_changes."""
     shuffle_docs: int = 1024
     """Text sources only: documents held in a seeded shuffle buffer (its contents and random state are part of the
     checkpoint, so resume stays exact); the file order is also shuffled by data.seed. 0 reads in file order."""

@@ -132,7 +132,7 @@ def build_run(cfg: TrainConfig, run_dir: str | Path, ranks: distributed.Ranks, d
         changes = compare(cfg, meta["config"], str(source)) if full and "config" in meta else None
         if not (changes and "tokenizer" in changes.allowed):
             check_tokenizer(source, tokenizer)
-        if changes and changes.allowed.keys() & {"data", "seq_len", "seed"}:  # stores go on from the same position
+        if changes and changes.allowed.keys() & {"data", "seq_len"}:  # stores go on from the same position
             cfg = replace(cfg, data=replace(cfg.data, allow_data_change=True))
     train_stream = data.build_stream(cfg.data, tokenizer, "train", t.micro_batch, ranks.rank, ranks.world_size)
     if isinstance(train_stream, data.StoreStream):  # how often each store is read: an error past data.max_repeat

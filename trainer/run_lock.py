@@ -356,11 +356,13 @@ class RunLock:
             try:
                 if not self.ours():
                     seen = _read(self.path)
+                    by = f"taken over by {describe(seen.info)}" if seen else "removed"
                     log.error(
-                        "the lock %s of this run was %s while the run goes on: another job may be writing into its "
-                        "run directory (this job's heartbeat stopped for longer than the stale limit?)",
-                        self.path, f"taken over by {describe(seen.info)}" if seen else "removed",
+                        "the lock %s of this run was %s: the run stops at its next checkpoint without saving (another "
+                        "job may be writing into its run directory; this job's heartbeat stopped for longer than the "
+                        "stale limit: suspended, or a filesystem stall?)", self.path, by,
                     )  # fmt: skip
+                    _LOST[str(self.path.parent)] = by
                     return
                 os.utime(self.path)
                 failing = False
@@ -386,6 +388,21 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+_LOST: dict[str, str] = {}  # run directory -> how this process lost its lock (set by the heartbeat thread)
+
+
+def check_held(run_dir: str | Path) -> None:
+    """RunDirLocked when this process held RUN_DIR's lock and lost it: it must not write checkpoints over the new
+    holder's. Cheap (a dict lookup): called before every save."""
+    lost = _LOST.get(os.path.abspath(run_dir))
+    if lost is not None:
+        raise RunDirLocked(
+            f"this job's lock of run directory {run_dir} was {lost}: stopping without saving, so as not to write over "
+            f"the other job's checkpoints; resume when that job is gone",
+            {},
+        )
 
 
 @contextlib.contextmanager

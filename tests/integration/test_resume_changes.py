@@ -28,17 +28,25 @@ def _cfg(compose, tok_cache, *extra):
     ("override", "group", "listed"),
     [
         ("optim=lion", "optim", "optim.name 'adamw' -> 'lion'"),
-        ("data.tokenizer.train_docs=3000", "tokenizer", "data.tokenizer.train_docs 4000 -> 3000"),
         ("data.val_fraction=0.05", "data", "data.val_fraction 0.02 -> 0.05"),
         ("data.seq_len=32", "seq_len", "data.seq_len 64 -> 32"),
         ("trainer.global_batch=16", "global_batch", "trainer.global_batch 8 -> 16"),
-        ("trainer.seed=1", "seed", "trainer.seed 0 -> 1"),
     ],
 )
 def test_a_change_to_what_is_trained_is_refused_unless_named(compose, tok_cache, run4, override, group, listed):
     with pytest.raises(ValueError, match=rf"changes what checkpoint .*step-4 was trained with: {listed}.*"
                        rf"checkpoint.allow_changes=\[{group}\]"):  # fmt: skip
         build_run(_cfg(compose, tok_cache, "trainer.max_steps=6", override), run4, *_single())
+
+
+def test_another_tokenizer_is_refused_by_its_vocabulary_not_by_its_settings(compose, tok_cache, run4, tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match=r"not the one checkpoint .*step-4 was trained with.*"
+                       r"checkpoint.allow_changes=\[tokenizer\]"):  # fmt: skip
+        build_run(_cfg(compose, tok_cache, "trainer.max_steps=6", "data.tokenizer.train_docs=3000"), run4, *_single())
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"  # the same tokenizer at another path, and a moved run
+    __import__("shutil").copytree(run4, moved)
+    file = ["data.tokenizer.kind=file", f"data.tokenizer.path={moved / 'checkpoints' / 'step-4' / 'tokenizer.json'}"]
+    assert build_run(_cfg(compose, tok_cache, "trainer.max_steps=6", *file), moved, *_single()).start_step == 4
 
 
 def test_every_refused_change_is_listed_at_once(compose, tok_cache, run4):

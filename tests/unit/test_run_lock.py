@@ -177,8 +177,11 @@ def test_the_heartbeat_touches_the_lock_and_a_lost_lock_is_reported_not_removed(
         time.sleep(0.02)
     assert path.stat().st_mtime > first
     with caplog.at_level(logging.ERROR):
+        rl.check_held(tmp_path)  # still ours: nothing to say
         craft(tmp_path, host="node-b", pid=1, nonce="someone-else")  # as a takeover by another job would
         time.sleep(0.3)
+        with pytest.raises(rl.RunDirLocked, match="stopping without saving"):
+            rl.check_held(tmp_path)  # what save_run asks before every checkpoint
         lock.release()
     assert "was taken over by a process on host node-b" in caplog.text
     assert json.loads(path.read_text())["nonce"] == "someone-else"  # the other job's lock stays

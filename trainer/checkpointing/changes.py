@@ -1,28 +1,34 @@
 """What a resume changes: the resolved config against the checkpoint's, in one list.
 
-Changes to what is trained (the model's function, the tokenizer, the data, the sequence length, the global batch,
-the optimizer, the seed) are refused unless checkpoint.allow_changes names them. Everything else (the LR and the
-optimizer's other settings, the schedule and its horizon, cadences, parallelism) is applied for real and listed.
+Changes to what is trained (the model's function, the data, the sequence length, the global batch, the optimizer)
+are refused unless checkpoint.allow_changes names them. Everything else (the LR and the optimizer's other settings,
+the schedule and its horizon, cadences, parallelism) is applied for real and listed. The tokenizer is judged by its
+vocabulary, not by its settings (run_state.check_tokenizer): the same tokenizer is found at another path when a run
+directory moves or adopts another run's.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import OmegaConf
 
+from data import uses_stores
+
 from ..config import TrainConfig, config_from_yaml
+
+log = logging.getLogger(__name__)
 
 # Groups a resume may not change silently, each with the dotted keys (or key prefixes) it covers.
 GUARDED = {
     "model": ("model.",),
-    "tokenizer": ("data.tokenizer.",),
+    "tokenizer": (),  # by vocabulary (check_tokenizer); named here so that allow_changes can let it change
     "seq_len": ("data.seq_len",),
     "data": ("data.",),
     "global_batch": ("trainer.global_batch",),
     "optim": ("optim.name",),
-    "seed": ("trainer.seed",),
 }
 # Keys that may differ freely: where the run is and how it is watched, and the settings of these checks themselves.
 IGNORED = (
@@ -34,6 +40,8 @@ IGNORED = (
     "checkpoint.start_over",
     "data.allow_data_change",
     "data.streams",  # null in config.yaml, the saved layout once resumed (build_run takes it from the checkpoint)
+    "data.tokenizer.",  # judged by its vocabulary instead
+    "trainer.seed",  # seeds the initial weights only, which a resume does not draw
     "logger.",
     "launcher.",
     "lr_find.",
@@ -58,9 +66,13 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
+# Settings that token stores do not read at train time (the split was made by `anytrain tokenize`).
+UNUSED_WITH_STORES = ("data.val_fraction", "data.shuffle_docs")
+
+
 def _short(value: Any) -> str:
     text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _group(key: str) -> str | None:
@@ -75,12 +87,19 @@ def compare(cfg: TrainConfig, saved_yaml: str, where: str) -> Changes:
     unknown = sorted(set(cfg.checkpoint.allow_changes) - set(GUARDED))
     if unknown:
         raise ValueError(f"checkpoint.allow_changes has {unknown}: choose from {list(GUARDED)}")
+    try:
+        saved = config_from_yaml(saved_yaml)
+    except Exception as e:  # a config of another version the schema cannot take: say so, don't stop the resume
+        log.warning("cannot compare the config with checkpoint %s's (%s): resuming without the list of changes", where,
+                    str(e).splitlines()[0])  # fmt: skip
+        return Changes([], {})
     new = _flat(OmegaConf.to_container(OmegaConf.structured(cfg)))
-    old = _flat(OmegaConf.to_container(OmegaConf.structured(config_from_yaml(saved_yaml))))
+    old = _flat(OmegaConf.to_container(OmegaConf.structured(saved)))
     diffs = {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
+    stores = uses_stores(cfg.data) and uses_stores(saved.data)
     applied, guarded = [], {}
     for key, (a, b) in diffs.items():
-        if key.startswith(IGNORED):
+        if key.startswith(IGNORED) or (stores and key in UNUSED_WITH_STORES):
             continue
         text = f"{key} {_short(a)} -> {_short(b)}"
         group = _group(key)
@@ -88,12 +107,15 @@ def compare(cfg: TrainConfig, saved_yaml: str, where: str) -> Changes:
             applied.append(text)
         else:
             guarded.setdefault(group, []).append(text)
-    refused = {g: c for g, c in guarded.items() if g not in cfg.checkpoint.allow_changes}
+    allowed = set(cfg.checkpoint.allow_changes)
+    if cfg.data.allow_data_change:  # the token stores' own switch for the same thing
+        allowed |= {"data", "seq_len"}
+    refused = {g: c for g, c in guarded.items() if g not in allowed}
     if refused:
         listed = "; ".join(c for changes in refused.values() for c in changes)
         raise ValueError(
             f"the config changes what checkpoint {where} was trained with: {listed}. Resume with its values, or name "
-            f"the change: checkpoint.allow_changes=[{','.join(refused)}] (with data the data position starts afresh, "
-            f"with optim the optimizer state does)"
+            f"the change: checkpoint.allow_changes=[{','.join(refused)}] (with data or seq_len the data position of "
+            f"text sources starts afresh, with optim the optimizer state does)"
         )
     return Changes(applied, guarded)

@@ -49,7 +49,7 @@ class CheckpointConfig:
     the checkpoint is finalised, and marked complete, at the next save or at the end of the run."""
     allow_changes: list[str] = field(default_factory=list)
     """What a resume may change that alters what is trained (refused otherwise): any of model, tokenizer, data,
-    seq_len, global_batch, optim, seed. Other changes (LR, schedule, max_steps, cadences, ...) are applied and
+    seq_len, global_batch, optim. Other changes (LR, schedule, max_steps, cadences, ...) are applied and
     listed. With data, the data position starts afresh; with optim, the optimizer state does."""
     start_over: bool = False
     """Start from step 0 although the run directory holds checkpoints of which none verifies (they are moved aside to
@@ -158,8 +158,10 @@ class Checkpointer:
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         free = shutil.disk_usage(self.root).free if self.root.exists() else 0
-        if not (_is_enospc(e) or free < needed):
-            return e
+        if isinstance(e, (distributed.PeerFailed, distributed.CollectiveTimeout)) or not (
+            _is_enospc(e) or free < needed
+        ):
+            return e  # free space only explains an error of this rank's own writes (torch often hides the errno)
         previous = complete_checkpoints(self.root, warn=False)
         kept = f"the previous checkpoint {previous[0]} is intact" if previous else "no earlier checkpoint exists"
         return DiskFull(
@@ -187,7 +189,8 @@ class Checkpointer:
 def weights_finite(model: torch.nn.Module) -> bool:
     """Whether every weight is finite on every rank: one reduction on the device, one host read."""
     local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
-    ok = torch.stack([torch.isfinite(t).all() for t in local if t.numel()]).all().float()
+    flags = [torch.isfinite(t).all() for t in local if t.numel()]  # a rank may hold no shard at all
+    ok = torch.stack(flags).all().float() if flags else torch.ones(())
     return distributed.min_over_ranks(float(ok.item())) > 0
 
 
@@ -195,7 +198,9 @@ def _is_enospc(e: BaseException) -> bool:
     seen: list[BaseException] = [e]
     for failure in getattr(e, "failures", {}).values():  # DCP: {rank: (exception, stack)}
         seen.append(failure[0] if isinstance(failure, tuple) else failure)
-    return any(isinstance(x, OSError) and x.errno == errno.ENOSPC for x in seen) or "No space left" in str(e)
+    full = (errno.ENOSPC, errno.EDQUOT)  # EDQUOT: a quota, the usual limit on a cluster's shared filesystem
+    text = str(e).lower()
+    return any(isinstance(x, OSError) and x.errno in full for x in seen) or "no space left" in text or "quota" in text
 
 
 def _checkpoint_bytes(root: Path, tmp: Path) -> int:

@@ -25,27 +25,42 @@ from .files import (
 log = logging.getLogger(__name__)
 
 
-def shared_check(path: Path, ranks: distributed.Ranks) -> str | None:
-    """verify() and the content digests of a checkpoint, each rank hashing its share of the files (a collective):
-    None on every rank when all match, else (the same on every rank) what is wrong."""
-    problem = verify(path)
-    if problem is None:
+def _local_check(path: Path, ranks: distributed.Ranks) -> tuple[str | None, int | None]:
+    """(what is wrong, index of the failing file among the digested ones) for this rank's share; never raises, so
+    that every rank reaches the collectives that follow."""
+    try:
+        problem = verify(path)
+        if problem is not None:
+            return problem, None
         names = digested_files(path)
         bad = digests.first_mismatch(path, read_meta(path)["files"], names[ranks.rank :: ranks.world_size])
-        first = distributed.min_over_ranks(names.index(bad[0]) if bad else math.inf)
-        if first < math.inf:
-            mine = bad is not None and names.index(bad[0]) == first
-            problem = bad[1] if mine else f"file {names[int(first)]} does not match its recorded size or digest"
-    if distributed.max_over_ranks(0.0 if problem is None else 1.0) and problem is None:
-        problem = "another rank could not read it"
-    return problem
+        return (None, None) if bad is None else (bad[1], names.index(bad[0]))
+    except (OSError, ValueError, KeyError) as e:  # EIO on a damaged object, ESTALE on NFS, a mangled meta.json
+        return f"it cannot be read ({type(e).__name__}: {e})", None
+
+
+def shared_check(path: Path, ranks: distributed.Ranks) -> str | None:
+    """verify() and the content digests of a checkpoint, each rank hashing its share of the files (a collective, the
+    same two reductions on every rank): None everywhere when all match, else what is wrong."""
+    problem, index = _local_check(path, ranks)
+    first = distributed.min_over_ranks(math.inf if index is None else index)
+    if not distributed.max_over_ranks(0.0 if problem is None else 1.0):
+        return None
+    if problem is not None and (index is None or index == first):
+        return problem
+    if first < math.inf:
+        return f"file {digested_files(path)[int(first)]} does not match its recorded size or digest"
+    return "another rank could not read it (see its log)"
 
 
 def first_verified(found: list[Path], ranks: distributed.Ranks) -> tuple[Path | None, list[str]]:
-    """The newest of `found` (newest first) that verifies, and a line for each one skipped before it."""
+    """The newest of `found` (newest first) that verifies, and a line for each one skipped before it. Every rank
+    checks the same candidates: as many as the rank that sees the fewest, each agreed on by its step."""
     skipped = []
-    for p in found:
-        problem = shared_check(p, ranks)
+    for i in range(int(distributed.min_over_ranks(len(found)))):
+        p, step = found[i], step_of(found[i])
+        same = distributed.min_over_ranks(step) == distributed.max_over_ranks(step)
+        problem = shared_check(p, ranks) if same else "the ranks see different checkpoints (a filesystem lag?)"
         if problem is None:
             if not digested_files(p) and ranks.is_main:
                 log.warning("checkpoint %s has no content digests (saved by an older anytrain): sizes checked only", p)

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer
 
 import data
 
-from .. import distributed
+from .. import distributed, run_lock
 from ..config import TrainConfig, config_to_yaml
 from .changes import Changes
 from .checkpointer import PoisonedWeights, restore
@@ -90,7 +90,8 @@ def check_tokenizer(source: Path, tokenizer: Tokenizer) -> None:
         raise CheckpointError(
             f"the configured tokenizer is not the one checkpoint {source} was trained with (its {TOKENIZER} maps "
             f"tokens to other ids): use data.tokenizer.kind=file data.tokenizer.path={saved} (or leave data.tokenizer "
-            f"unset with checkpoint.load, and it is taken from the checkpoint)"
+            f"unset with checkpoint.load, and it is taken from the checkpoint), or name the change: "
+            f"checkpoint.allow_changes=[tokenizer]"
         )
 
 
@@ -117,6 +118,7 @@ def save_run(run: Run, step: int, eval_pending: bool = False) -> None:
         "eval_pending": eval_pending,
         "config": config_to_yaml(cfg),
     }
+    distributed.together(lambda: run_lock.check_held(run.run_dir) if run.ranks.is_main else None)
     try:
         run.checkpointer.save(step, run.model, run.optimizer, rank_state, meta)
     except PoisonedWeights as e:
@@ -150,7 +152,7 @@ def restore_run(run: Run, source: Path, meta: dict[str, Any], full: bool, change
     distributed.set_rng_state(mine["rng"], run.device)
     if "spikes" in mine:
         run.spikes.load_state_dict(mine["spikes"])
-    text_data_changed = bool(allowed.keys() & {"data", "seq_len", "seed"}) and not data.uses_stores(run.cfg.data)
+    text_data_changed = bool(allowed.keys() & {"data", "seq_len"}) and not data.uses_stores(run.cfg.data)
     if not text_data_changed:  # token stores go on from the same global position (data.allow_data_change)
         run.train_stream.load_state_dict(data.merge_rank_states([s["data"] for s in states]))
     run.start_step = int(meta["step"])
