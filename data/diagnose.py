@@ -7,6 +7,7 @@ import codecs
 import contextlib
 import gzip
 import json
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 
@@ -142,6 +143,11 @@ def not_text_error(sources: Sources, error: NotText) -> ValueError:
                         f"make it a string (or null to skip the document)"
                     )
     return ValueError(f"data.sources {_paths(sources)}: {error}")
+
+
+def local_bytes(sources: Sources) -> int:
+    """The size of the local sources' files (a stat each)."""
+    return sum(os.path.getsize(p) for _, _, _, files in local_sources(sources) for p in files)
 
 
 def null_counts(sources: Sources) -> list[tuple[int, str, dict[str, int]]]:

@@ -12,7 +12,7 @@ import datasets
 import torch
 from tokenizers import Tokenizer
 
-from .diagnose import doc_text, explained, null_counts
+from .diagnose import doc_text, explained, local_bytes, null_counts
 from .packing import Packer
 from .sources import keep
 from .tokenizer import eos_id, tokenizer_vocab_size
@@ -20,6 +20,8 @@ from .tokenizer import eos_id, tokenizer_vocab_size
 SPLITS = ("train", "val")
 STATE_VERSION = 2
 log = logging.getLogger(__name__)
+
+NULL_SCAN_BYTES = 1 << 30  # the null-text report names files only for corpora up to this size
 
 
 class TokenStream:
@@ -210,17 +212,18 @@ class TokenStream:
 
     def _report_nulls(self) -> None:
         """One warning per source that holds documents without text, with the count per file (a scan of the
-        files, once per run: the stream alone cannot tell which source a document came from)."""
+        files, once per run: the stream alone cannot tell which source a document came from). A corpus over
+        NULL_SCAN_BYTES is not scanned: it would stall this rank's read-ahead while the others wait."""
         if not self._nulls:
             return
-        found = null_counts(self.sources)
+        found = null_counts(self.sources) if local_bytes(self.sources) <= NULL_SCAN_BYTES else []
         for i, column, counts in found:
             files = ", ".join(f"{p}: {n}" for p, n in sorted(counts.items()))
             log.warning(
                 "data.sources[%d]: %d documents have no `%s` (null or missing) and are skipped (%s); fill or drop "
                 "them to silence this", i, sum(counts.values()), column, files,
             )  # fmt: skip
-        if not found:  # hub sources: only this stream's count is known
+        if not found:  # hub sources, or a corpus too large to scan: only this stream's count is known
             log.warning("data: %d documents of one pass over the train split have no text (null) and are skipped",
                         self._nulls)  # fmt: skip
 

@@ -190,6 +190,19 @@ def test_null_texts_are_counted_per_source_and_file(tmp_path, tok, caplog):
     assert f"{path}: 4" in warnings[0]
 
 
+def test_a_large_corpus_is_not_scanned_for_its_null_texts(tmp_path, tok, caplog, monkeypatch):
+    import data.loader as loader
+
+    rows = [{"text": d} for d in _docs(40)]
+    rows[3] = {"text": None}
+    path = _jsonl(tmp_path / "n" / "nulls.jsonl", rows)
+    monkeypatch.setattr(loader, "NULL_SCAN_BYTES", 10)  # as if the corpus were larger than the scan limit
+    monkeypatch.setattr(loader, "null_counts", lambda s: pytest.fail("a large corpus must not be rescanned"))
+    with caplog.at_level(logging.WARNING, logger="data.loader"):
+        _first_batches(_cfg(tmp_path, path), tok, n=60)
+    assert "1 documents of one pass over the train split have no text (null) and are skipped" in caplog.text
+
+
 def test_a_train_split_smaller_than_a_batch_warns_at_the_first_wrap(tmp_path, tok, caplog):
     path = _jsonl(tmp_path / "t" / "tiny.jsonl", [{"text": "the quick brown fox"}, {"text": "jumps over"}])
     cfg = _cfg(tmp_path, path)
