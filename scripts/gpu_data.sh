@@ -14,7 +14,7 @@ export ANYTRAIN
 nproc
 echo "=== data bench (t=${SECONDS}s)"
 python3 scripts/bench_data.py --out "$WORK" --copies "${COPIES:-24}" --workers "${WORKERS:-1,2,4,8,16}" \
-  --read-tokens "${READ_TOKENS:-1e9}" 2>&1 | grep -v "^tokenize:" | tee "$OUT/bench_data.txt"
+  --read-tokens "${READ_TOKENS:-1e9}" 2>&1 | grep --line-buffered -v "^tokenize:" | tee "$OUT/bench_data.txt"
 cp "$WORK/bench_data.json" "$OUT/" 2>/dev/null
 STORE=$WORK/tok-1
 for data in synthetic real; do

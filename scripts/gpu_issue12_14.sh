@@ -12,6 +12,6 @@ echo "=== checkpoint bench (t=${SECONDS}s)"
 python3 scripts/bench_checkpoint.py --model 1b --out /tmp/bench-ckpt 2>&1 | tail -2 | tee "$OUT/bench_checkpoint.txt"
 echo "=== tokenize bench (t=${SECONDS}s)"
 python3 scripts/bench_data.py --out /tmp/bd --copies "${COPIES:-32}" --workers "${WORKERS:-1,2,4,8,16}" --only-tokenize 2>&1 \
-  | grep -v "^tokenize:" | tee "$OUT/bench_tok.txt"
+  | grep --line-buffered -v "^tokenize:" | tee "$OUT/bench_tok.txt"
 cp /tmp/bd/bench_data.json "$OUT/" 2>/dev/null
 echo "=== done (t=${SECONDS}s)"
