@@ -85,6 +85,18 @@ def _consolidate(args: argparse.Namespace) -> None:
     _fail_clearly(lambda a: consolidate(a.checkpoint, a.out_file, a.dtype, a.force), args)
 
 
+def _average(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from ..tools.average import average
+
+    _fail_clearly(lambda a: average(a.checkpoints, a.out_dir, a.weights, a.decay, a.last, a.accumulate, a.force), args)
+    for s in json.loads((Path(args.out_dir) / "meta.json").read_text())["averaged"]["sources"]:
+        print(f"  weight {s['weight']:.4f}  step {s['step']}  {s['path']}")
+    print(f"train from it: train checkpoint.load={args.out_dir}; export it: anytrain export-hf {args.out_dir} HF_DIR")
+
+
 def _lr_report(args: argparse.Namespace) -> None:
     from ..lr_finder import lr_report
 
@@ -196,6 +208,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="fp32")
     p.add_argument("--force", action="store_true", help="replace an existing OUT_FILE")
     p.set_defaults(func=_consolidate)
+    p = sub.add_parser("average", help="uniform or EMA average of checkpoints of one run -> model-only checkpoint")
+    p.add_argument(
+        "checkpoints",
+        nargs="+",
+        metavar="CKPT",
+        help="step-N directories, or run / checkpoints directories (all their complete checkpoints)",
+    )
+    p.add_argument("out_dir", metavar="OUT", help="the model-only checkpoint to write")
+    p.add_argument(
+        "--weights",
+        default="uniform",
+        metavar="W",
+        help="uniform, ema (w_i ~ decay^(n-1-i), newest weighs most), or a list like 0.2,0.3,0.5; in step order, "
+        "normalized to sum 1 (default: uniform)",
+    )
+    p.add_argument("--decay", type=float, default=None, metavar="D", help="the ratio of --weights ema (default 0.9)")
+    p.add_argument("--last", type=int, default=None, metavar="K", help="only the newest K of the checkpoints")
+    p.add_argument("--accumulate", choices=["fp64", "fp32"], default="fp64", help="the sum's dtype (default fp64)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty OUT")
+    p.set_defaults(func=_average)
     p = sub.add_parser("speedrun-report", help="leaderboard (md, csv) and loss plot of a multirun's runs")
     p.add_argument("multirun_dir", help="the folder of a `train -m` sweep, e.g. multirun/<date>/<time>")
     p.add_argument("--target-loss", type=float, default=None, help="report steps and time to this held-out loss")
