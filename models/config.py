@@ -34,6 +34,11 @@ class ModelConfig:
     """Tokens whose logits the training loss holds at once (models/loss.py); each chunk's gradient is taken in the
     forward pass, so a 128K vocabulary never needs full-size fp32 logits. 0 computes all logits at once (the plain
     loss). The value does not change the result beyond float rounding."""
+    z_loss: float = 0.0
+    """Weight of the z-loss (PaLM, OLMo: 1e-4): z_loss * mean(logsumexp(logits)^2) over the counted targets is added
+    to the training loss, which keeps the output's log-partition near 0. 0 turns it off. Added in train mode only:
+    in eval mode (the trainer's evaluation, val_loss) the model returns the plain cross-entropy, so held-out losses
+    compare across z_loss settings; the logged training `loss` includes it."""
     attention: str = "causal"
     """"causal": every token attends to all earlier tokens of the packed sequence; "document": only to earlier
     tokens of its own document (documents end at model.eos_id), and the position whose target is the next
@@ -74,6 +79,8 @@ def validate_model_config(cfg: ModelConfig) -> None:
     positive = ("dim", "n_layers", "n_heads", "ffn_hidden", "max_seq_len")
     if cfg.loss_chunk < 0:
         raise ValueError(f"model.loss_chunk must be >= 0 (0 = the plain loss), got {cfg.loss_chunk}")
+    if not cfg.z_loss >= 0:  # also refuses NaN
+        raise ValueError(f"model.z_loss must be >= 0 (0 = off; PaLM and OLMo use 1e-4), got {cfg.z_loss}")
     for name in positive:
         if getattr(cfg, name) <= 0:
             raise ValueError(f"model.{name} must be positive, got {getattr(cfg, name)}")

@@ -165,15 +165,17 @@ class Llama(nn.Module):
         return self.norm(x)
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [B, T, vocab] when targets is None, else the mean next-token cross-entropy (fp32 scalar)."""
+        """Logits [B, T, vocab] when targets is None, else the mean next-token cross-entropy (fp32 scalar), plus
+        the z-loss in train mode (eval mode gives the plain cross-entropy: comparable across model.z_loss)."""
         h = self.hidden(tokens)
         if targets is None:
             return self.output(h)
         if self.cfg.attention == "document":
             targets = documents.masked_targets(tokens, targets, self.cfg.eos_id)
+        z = self.cfg.z_loss if self.training else 0.0
         if self.cfg.loss_chunk == 0:
-            return plain_cross_entropy(h, self.output.weight, targets)
-        return chunked_cross_entropy(h, self.output.weight, targets, self.cfg.loss_chunk, self._ce_chunk)
+            return plain_cross_entropy(h, self.output.weight, targets, z)
+        return chunked_cross_entropy(h, self.output.weight, targets, self.cfg.loss_chunk, self._ce_chunk, z)
 
     def compile_loss(self) -> None:
         """torch.compile the per-chunk softmax of the chunked loss: its elementwise passes fuse into a few kernels.

@@ -8,6 +8,10 @@ backward only scales the saved gradients. The head's matmul FLOPs are the same a
 
 What it holds instead: the head's gradient in fp32 (vocab x dim, 1 GiB for llama-1b) from forward to backward, and
 per chunk a vocab x dim product and its fp32 copy while it is added in; far less than the logits at these sizes.
+
+z-loss (PaLM, OLMo): `z_loss * mean(logsumexp(logits)^2)` over the same counted targets, added to the mean
+cross-entropy. It keeps the log-partition near 0 (logits from drifting), and its gradient 2 z lse softmax is taken
+per chunk from the logsumexp and softmax the cross-entropy already computes: no extra pass, no extra logits.
 """
 
 from collections.abc import Callable
@@ -18,34 +22,47 @@ import torch.nn.functional as F
 IGNORE = -100  # a target the loss leaves out (as F.cross_entropy's ignore_index)
 
 
-def plain_cross_entropy(h: torch.Tensor, head: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of logits h @ head.T against targets, with the softmax in fp32 (the reference)."""
-    logits = F.linear(h, head)
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+def plain_cross_entropy(
+    h: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, z_loss: float = 0.0
+) -> torch.Tensor:
+    """Mean cross-entropy of logits h @ head.T against targets, with the softmax in fp32 (the reference), plus
+    z_loss * the mean squared logsumexp over the counted targets."""
+    logits = F.linear(h, head).flatten(0, 1).float()
+    t = targets.flatten()
+    loss = F.cross_entropy(logits, t)
+    if not z_loss:
+        return loss
+    keep = t != IGNORE
+    return loss + z_loss * (torch.logsumexp(logits, dim=-1).square() * keep).sum() / keep.sum().clamp(min=1)
 
 
 def ce_chunk(
-    logits: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor, want_grad: bool
+    logits: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor, want_grad: bool, z_loss: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Summed cross-entropy of one chunk of logits, in fp32, and (when asked) d(scale * sum)/d(logits) in the
-    logits' dtype; targets equal to IGNORE (-100) count nothing. Kept free of autograd so torch.compile can fuse
-    it into a couple of passes over the chunk."""
+    """Summed cross-entropy (plus z_loss * lse^2) of one chunk of logits, in fp32, and (when asked)
+    d(scale * sum)/d(logits) in the logits' dtype; targets equal to IGNORE (-100) count nothing. Kept free of
+    autograd so torch.compile can fuse it into a couple of passes over the chunk."""
     x = logits.float()
     keep = (targets != IGNORE)[:, None]
     safe = targets.clamp(min=0)[:, None]
     lse = torch.logsumexp(x, dim=-1, keepdim=True)
-    loss = ((lse - x.gather(1, safe)) * keep).sum()
+    per_row = lse - x.gather(1, safe)
+    if z_loss:  # a Python float: the z-less path compiles without it
+        per_row = per_row + z_loss * lse.square()
+    loss = (per_row * keep).sum()
     if not want_grad:
         return loss, None
     grad = torch.exp(x - lse)
+    if z_loss:  # d(z lse^2)/dx = 2 z lse softmax: the softmax rows scaled before the one-hot goes in
+        grad = grad * (1.0 + 2.0 * z_loss * lse)
     grad.scatter_add_(1, safe, torch.full_like(lse, -1.0))
     return loss, (grad * (keep * scale)).to(logits.dtype)
 
 
-ChunkFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor | None]]
+ChunkFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]  # ce_chunk's signature
 
 
-def _chunked(h, head, targets, chunk: int, fn: ChunkFn, need_h: bool, need_w: bool):
+def _chunked(h, head, targets, chunk: int, fn: ChunkFn, need_h: bool, need_w: bool, z_loss: float = 0.0):
     """(mean loss over the counted targets, d loss/d h, d loss/d head); a gradient not needed is None and never
     computed. The matmuls run in h's dtype; the head's gradient is accumulated over chunks in fp32 and returned in
     the head's dtype. The count stays on the device (no host sync)."""
@@ -56,7 +73,7 @@ def _chunked(h, head, targets, chunk: int, fn: ChunkFn, need_h: bool, need_w: bo
     grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
     for start in range(0, rows, chunk):
         hc, tc = h[start : start + chunk], targets[start : start + chunk]
-        part, g = fn(hc @ weight.t(), tc, 1.0 / n, need_h or need_w)
+        part, g = fn(hc @ weight.t(), tc, 1.0 / n, need_h or need_w, z_loss)
         loss += part
         if need_h:
             torch.mm(g, weight, out=grad_h[start : start + chunk])
@@ -67,8 +84,8 @@ def _chunked(h, head, targets, chunk: int, fn: ChunkFn, need_h: bool, need_w: bo
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, head, targets, chunk, fn, need_h, need_w):  # type: ignore[override]
-        loss, grad_h, grad_w = _chunked(h, head, targets, chunk, fn, need_h, need_w)
+    def forward(ctx, h, head, targets, chunk, fn, need_h, need_w, z_loss):  # type: ignore[override]
+        loss, grad_h, grad_w = _chunked(h, head, targets, chunk, fn, need_h, need_w, z_loss)
         ctx.save_for_backward(grad_h, grad_w)
         return loss
 
@@ -78,14 +95,20 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         # The scale (1/accumulation, say) in fp32, as the plain loss applies it: bf16 would round 1/3 by 0.2%.
         gh = (grad_h.float() * grad_out).to(grad_h.dtype) if grad_h is not None else None
         gw = grad_w * grad_out.to(grad_w.dtype) if grad_w is not None else None
-        return gh, gw, None, None, None, None, None
+        return gh, gw, None, None, None, None, None, None
 
 
 def chunked_cross_entropy(
-    h: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, chunk: int, fn: ChunkFn = ce_chunk
+    h: torch.Tensor,
+    head: torch.Tensor,
+    targets: torch.Tensor,
+    chunk: int,
+    fn: ChunkFn = ce_chunk,
+    z_loss: float = 0.0,
 ) -> torch.Tensor:
-    """The plain loss's value and gradients, `chunk` rows of logits at a time. Under autocast the matmuls run in
-    the autocast dtype, as the plain loss's would; the softmax is always fp32. `fn` may be a compiled ce_chunk."""
+    """The plain loss's value and gradients (z-loss included), `chunk` rows of logits at a time. Under autocast the
+    matmuls run in the autocast dtype, as the plain loss's would; the softmax is always fp32. `fn` may be a
+    compiled ce_chunk."""
     device = h.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
     h2, t = h.flatten(0, 1).to(dtype), targets.flatten()
@@ -93,5 +116,5 @@ def chunked_cross_entropy(
     need_w = torch.is_grad_enabled() and head.requires_grad
     with torch.autocast(device, enabled=False):
         if not (need_h or need_w):  # evaluation: the loss alone
-            return _chunked(h2, head, t, chunk, fn, False, False)[0]
-        return _ChunkedLinearCrossEntropy.apply(h2, head, t, chunk, fn, need_h, need_w)
+            return _chunked(h2, head, t, chunk, fn, False, False, z_loss)[0]
+        return _ChunkedLinearCrossEntropy.apply(h2, head, t, chunk, fn, need_h, need_w, z_loss)

@@ -67,6 +67,10 @@ class TrainerConfig:
     """Automatic skipping of NaN/inf and loss or grad-norm spikes."""
     max_consecutive_skips: int = 8
     """Stop the run when more automatic skips than this happen in a row."""
+    frozen_check_steps: int = 100
+    """After this many steps, warn naming every parameter tensor still bit-identical to its initial value, and log
+    their count as `frozen_params` (trainer/sanity.py; e.g. bf16 master weights that freeze the norms). 0 disables
+    it; a run resumed from a checkpoint, or shorter than this, is not checked."""
 
 
 @dataclass
@@ -175,6 +179,8 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
             raise ValueError(f"trainer.{name} must be positive, got {getattr(t, name)}")
     if t.eval_every < 0:
         raise ValueError(f"trainer.eval_every must be >= 0, got {t.eval_every}")
+    if t.frozen_check_steps < 0:
+        raise ValueError(f"trainer.frozen_check_steps must be >= 0 (0 disables the check), got {t.frozen_check_steps}")
     per_step = t.micro_batch * world_size
     if t.global_batch % per_step:
         raise ValueError(

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import models
 import optim
 
-from . import distributed, lr_finder
+from . import distributed, lr_finder, sanity
 from .build import build_run
 from .checkpointing.run_state import no_save_advice, save_run
 from .config import TrainConfig
@@ -179,6 +179,7 @@ def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
         if start == 0 or run.eval_pending:  # the curve's starting point, or the evaluation a preemption cut short
             log.log({"step": start, "val_loss": evaluate(run)})
         stream = iter(run.train_stream)
+        frozen = sanity.FrozenCheck.start(run.model, t.frozen_check_steps, start, t.max_steps)  # digests of step 0
         window_start, window_steps = time.perf_counter(), 0
         steady_start, steady_step = None, None  # set at the first trained step's log: the ETA's clock
         for step in range(start + 1, t.max_steps + 1):
@@ -200,7 +201,8 @@ def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
             is_last = step == t.max_steps
             do_eval = is_last or (t.eval_every > 0 and step % t.eval_every == 0)
             stop = eval_cut = False
-            if not (step % t.log_every and not do_eval and step != start + 1):
+            check_frozen = frozen is not None and frozen.due(step)  # a log step, whatever log_every says
+            if not (step % t.log_every and not do_eval and step != start + 1 and not check_frozen):
                 distributed.synchronize(run.device)
                 elapsed = time.perf_counter() - window_start
                 tokens_per_s = window_steps * tokens_per_step / elapsed
@@ -224,6 +226,9 @@ def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
                     )
                 if step == start + 1:
                     metrics["time_to_first_step_s"] = time.time() - job_start
+                    sanity.check_first_loss(run, metrics["loss"])
+                if check_frozen:
+                    metrics["frozen_params"], frozen = frozen.check(run.model, step, run.ranks.is_main), None
                 if do_eval:
                     val = evaluate(run, preemption)
                     stop = eval_cut = val is None

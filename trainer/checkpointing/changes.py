@@ -47,8 +47,8 @@ IGNORED = (
     "lr_find.",
 )
 # Model fields that do not change the function of the weights; data fields that do not change what is read.
-FREE = ("model.max_seq_len", "model.document_kernel", "model.loss_chunk", "model.init_std", "data.prefetch",
-        "data.max_repeat", "optim.")  # fmt: skip
+FREE = ("model.max_seq_len", "model.document_kernel", "model.loss_chunk", "model.init_std", "model.z_loss",
+        "data.prefetch", "data.max_repeat", "optim.")  # fmt: skip
 
 
 @dataclass
