@@ -1,10 +1,12 @@
 """The learning-rate range test: an exponential LR sweep with the schedule switched off.
 
-The LR of step i is init_lr * (max_lr / init_lr) ** (i / (steps - 1)). The loss is smoothed with a bias-corrected
-EMA; the sweep stops early once the smoothed loss exceeds stop_factor times the best. The blow-up is the first
-point where the (moving-averaged) slope of the smoothed loss against log10(lr) turns from negative to positive; the
-suggestion is blow-up / 10. Files are written only for a usable curve, so a failed sweep leaves nothing that looks
-like a result.
+The LR of step i is init_lr * (max_lr / init_lr) ** (i / (steps - 1)); the sweep stops early once a bias-corrected
+EMA of the loss exceeds stop_factor times its best. The analysis smooths the raw loss with a centered running median
+(which drops a one-step spike) and a centered mean, both window_fraction of the sweep wide, so the curve does not lag.
+The blow-up is the first rise above the running minimum, after the curve has made half its drop, that is larger than
+the noise and than `rise` of the drop so far and lasts `persist` steps. The suggestion is the LR of the lowest smoothed
+loss before the blow-up, divided by suggest_divisor (1): on the embedded default that LR is the best one of a short
+training. Files are written only for a usable curve, so a failed sweep leaves nothing that looks like a result.
 """
 
 import csv
@@ -29,11 +31,17 @@ class LRFinderConfig:
     steps: int = 100
     """Optimizer steps of the sweep (each a full global batch)."""
     beta: float = 0.98
-    """EMA factor of the loss smoothing."""
+    """EMA factor of the loss the sweep's early stop watches (the analysis does not use it)."""
     stop_factor: float = 4.0
-    """Stop once the smoothed loss exceeds this multiple of the best smoothed loss."""
-    slope_window: int = 5
-    """Points in the moving average of the slope (guards against noise crossings)."""
+    """Stop once the EMA of the loss exceeds this multiple of its best."""
+    window_fraction: float = 0.05
+    """Width of the centered median and mean filters, as a fraction of lr_find.steps (odd, at least 3 points)."""
+    persist: int = 3
+    """Consecutive steps a rise must last to be the blow-up (a spike the model recovers from is not one)."""
+    rise: float = 0.1
+    """A blow-up rises above the running minimum by more than this fraction of the loss drop so far."""
+    suggest_divisor: float = 1.0
+    """The suggestion is the LR of the lowest smoothed loss divided by this (raise it for a safety margin)."""
 
 
 class LRFinderError(ValueError):
@@ -57,17 +65,51 @@ def validate_finder(cfg: LRFinderConfig) -> None:
         raise ValueError(f"lr_find needs 0 < init_lr < max_lr, got {cfg.init_lr} and {cfg.max_lr}")
     if cfg.steps < 10:
         raise ValueError(f"lr_find.steps={cfg.steps} is too few for a curve: use at least 10")
-    if not 0 < cfg.beta < 1 or cfg.stop_factor <= 1 or cfg.slope_window < 1:
-        raise ValueError("lr_find needs 0 < beta < 1, stop_factor > 1 and slope_window >= 1")
+    if not 0 < cfg.beta < 1 or cfg.stop_factor <= 1:
+        raise ValueError("lr_find needs 0 < beta < 1 and stop_factor > 1")
+    if not 0 < cfg.window_fraction <= 0.5 or cfg.persist < 1 or cfg.rise <= 0 or cfg.suggest_divisor <= 0:
+        raise ValueError("lr_find needs 0 < window_fraction <= 0.5, persist >= 1, rise > 0 and suggest_divisor > 0")
 
 
 def smooth(losses: list[float], beta: float) -> list[float]:
-    """Bias-corrected exponential moving average."""
+    """Bias-corrected exponential moving average (the sweep's early stop; it lags, so the analysis does not use it)."""
     out, avg = [], 0.0
     for i, loss in enumerate(losses, start=1):
         avg = beta * avg + (1 - beta) * loss
         out.append(avg / (1 - beta**i))
     return out
+
+
+def window(cfg: LRFinderConfig) -> int:
+    """Filter width in points: scaled to the sweep so that it covers the same span of log10(lr) at any length."""
+    w = max(3, round(cfg.steps * cfg.window_fraction))
+    return w if w % 2 else w + 1
+
+
+def centered_smooth(losses: list[float], width: int) -> np.ndarray:
+    """Running median, then running mean, both centered (no lag) and truncated at the ends. The median drops any
+    run of fewer than width/2 outliers; the mean takes out the remaining step-to-step noise."""
+    y = np.asarray(losses, dtype=float)
+    h = width // 2
+    med = np.array([np.median(y[max(0, i - h) : i + h + 1]) for i in range(len(y))])
+    return np.array([med[max(0, i - h) : i + h + 1].mean() for i in range(len(y))])
+
+
+def find_blowup(raw: np.ndarray, smoothed: np.ndarray, cfg: LRFinderConfig, stopped_early: bool) -> int | None:
+    """Index of the first lasting rise of the smoothed curve, or None."""
+    drop = smoothed[0] - smoothed.min()
+    # Before the curve has made half its drop it is flat and noisy, and any wiggle would pass for a rise.
+    start = int(np.argmax(smoothed <= smoothed[0] - drop / 2))
+    running_min = np.minimum.accumulate(smoothed)
+    noise = 1.4826 * np.median(np.abs(raw - smoothed))  # robust sigma of the raw loss around the curve
+    tolerance = np.maximum(cfg.rise * (smoothed[0] - running_min), 3 * noise)
+    above = smoothed > running_min + tolerance
+    for i in range(start, len(smoothed)):
+        lasting = above[i : i + cfg.persist]
+        # A rise running into the end counts when the sweep stopped on it (its EMA passed stop_factor x best).
+        if lasting.all() and (len(lasting) == cfg.persist or stopped_early):
+            return i
+    return None
 
 
 def analyse(lrs: list[float], losses: list[float], cfg: LRFinderConfig) -> tuple[list[float], Suggestion]:
@@ -78,23 +120,19 @@ def analyse(lrs: list[float], losses: list[float], cfg: LRFinderConfig) -> tuple
             f"the loss became {losses[first]} at lr {lrs[first]:.3g} (step {first + 1}) before the curve blew up "
             f"gracefully: lower lr_find.init_lr/max_lr, or check the data and model"
         )
-    smoothed = smooth(losses, cfg.beta)
-    x = np.log10(np.asarray(lrs))
-    if len(x) < 3:
+    if len(losses) < 3:
         raise LRFinderError("the sweep stopped after fewer than 3 steps: lower lr_find.init_lr")
-    slope = np.gradient(np.asarray(smoothed), x)
-    k = cfg.slope_window
-    averaged = np.convolve(slope, np.ones(k) / k, mode="full")[: len(slope)]  # trailing moving average
-    # Search after the steepest descent: at tiny LRs the curve is flat and its noisy slope crosses zero at random.
-    steepest = int(np.argmin(averaged[: int(np.argmin(smoothed)) + 1]))
-    blowup = next((i for i in range(steepest + 1, len(averaged)) if averaged[i - 1] < 0 <= averaged[i]), None)
+    smoothed = centered_smooth(losses, window(cfg))
+    blowup = find_blowup(np.asarray(losses, dtype=float), smoothed, cfg, stopped_early=len(losses) < cfg.steps)
     if blowup is None:
         raise LRFinderError(
             f"no blow-up in the curve (lr {lrs[0]:.3g} .. {lrs[-1]:.3g}): the loss never turned up; raise "
             f"lr_find.max_lr or lr_find.steps"
         )
-    best = int(np.argmin(smoothed))
-    return smoothed, Suggestion(lrs[blowup] / 10, lrs[blowup], lrs[best], len(lrs))
+    # The lowest loss before the blow-up: a model that recovers at still larger LRs may dip lower, but not stably.
+    best = int(np.argmin(smoothed[:blowup]))
+    suggestion = Suggestion(lrs[best] / cfg.suggest_divisor, lrs[blowup], lrs[best], len(lrs))
+    return smoothed.tolist(), suggestion
 
 
 def sweep(

@@ -17,12 +17,13 @@ FINDER = [*TINY, "+experiment=lr_find", "lr_find.steps=60", "lr_find.init_lr=1e-
 
 
 def test_analyse_finds_the_blowup_of_a_synthetic_curve():
-    cfg = LRFinderConfig(steps=200, init_lr=1e-6, max_lr=1.0, slope_window=3)
+    cfg = LRFinderConfig(steps=200, init_lr=1e-6, max_lr=1.0)
     lrs = [swept_lr(i, cfg) for i in range(200)]
     # falls until lr = 1e-2, then rises steeply
     losses = [5 - min(math.log10(lr) + 6, 4) * 0.5 + max(0.0, math.log10(lr) + 2) * 8 for lr in lrs]
     _, s = analyse(lrs, losses, cfg)
-    assert 5e-3 < s.blowup_lr < 3e-2 and s.suggested_lr == pytest.approx(s.blowup_lr / 10)
+    # the suggestion is the LR of the lowest smoothed loss before the blow-up
+    assert 5e-3 < s.blowup_lr < 3e-2 and 5e-3 < s.suggested_lr == s.min_loss_lr < s.blowup_lr
 
 
 def test_analyse_rejects_flat_and_non_finite_curves():
