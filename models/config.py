@@ -1,5 +1,6 @@
 """Model configuration: one dataclass, every field documented once."""
 
+import math
 from dataclasses import dataclass
 
 
@@ -79,7 +80,7 @@ def validate_model_config(cfg: ModelConfig) -> None:
     positive = ("dim", "n_layers", "n_heads", "ffn_hidden", "max_seq_len")
     if cfg.loss_chunk < 0:
         raise ValueError(f"model.loss_chunk must be >= 0 (0 = the plain loss), got {cfg.loss_chunk}")
-    if not cfg.z_loss >= 0:  # also refuses NaN
+    if not 0 <= cfg.z_loss < math.inf:  # also refuses NaN
         raise ValueError(f"model.z_loss must be >= 0 (0 = off; PaLM and OLMo use 1e-4), got {cfg.z_loss}")
     for name in positive:
         if getattr(cfg, name) <= 0:

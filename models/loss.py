@@ -54,7 +54,7 @@ def ce_chunk(
         return loss, None
     grad = torch.exp(x - lse)
     if z_loss:  # d(z lse^2)/dx = 2 z lse softmax: the softmax rows scaled before the one-hot goes in
-        grad = grad * (1.0 + 2.0 * z_loss * lse)
+        grad.mul_(1.0 + 2.0 * z_loss * lse)  # in place: a chunk of vocabulary-wide fp32 is large
     grad.scatter_add_(1, safe, torch.full_like(lse, -1.0))
     return loss, (grad * (keep * scale)).to(logits.dtype)
 

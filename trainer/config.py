@@ -148,11 +148,21 @@ def config_to_yaml(cfg: TrainConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
+# Fields that existed and were removed: a config.yaml that holds them still loads. Any other unknown key is an error.
+RETIRED = {"lr_find.slope_window": "the LR finder's analysis no longer uses it"}
+
+
 def config_from_yaml(text: str) -> TrainConfig:
     """Parse a resolved config (config.yaml of a run) against the schema, the optimizer's class chosen by its name.
     A config.yaml written before optimizers had a class each holds every optimizer's fields: the ones the chosen
     class lacks are dropped (with a warning), so that such a run still resumes."""
     saved = OmegaConf.create(text)
+    for key, why in RETIRED.items():  # written by an earlier version into every config.yaml: still resumes
+        group, name = key.rsplit(".", 1)
+        node = OmegaConf.select(saved, group)
+        if node is not None and name in node:
+            log.warning("config.yaml: dropped %s (%s)", key, why)
+            del node[name]
     cls = config_class(OmegaConf.select(saved, "optim.name", default="adamw"))
     known = {f.name for f in fields(cls)}
     foreign = [k for k in saved.get("optim", {}) if k not in known]

@@ -113,24 +113,34 @@ def find_blowup(raw: np.ndarray, smoothed: np.ndarray, cfg: LRFinderConfig, stop
 
 
 def analyse(lrs: list[float], losses: list[float], cfg: LRFinderConfig) -> tuple[list[float], Suggestion]:
-    """Smoothed curve and the suggestion, or LRFinderError naming what is wrong with the curve."""
-    if not all(math.isfinite(x) for x in losses):
-        first = next(i for i, x in enumerate(losses) if not math.isfinite(x))
-        raise LRFinderError(
-            f"the loss became {losses[first]} at lr {lrs[first]:.3g} (step {first + 1}) before the curve blew up "
-            f"gracefully: lower lr_find.init_lr/max_lr, or check the data and model"
-        )
+    """Smoothed curve and the suggestion, or LRFinderError naming what is wrong with the curve. A sweep that
+    ended on a NaN or Inf is analysed up to it, as one stopped early: the blow-up must come before it."""
+    finite = next((i for i, x in enumerate(losses) if not math.isfinite(x)), len(losses))
+    nan_end = finite < len(losses)
+    where = f"the loss became {losses[finite]} at lr {lrs[finite]:.3g} (step {finite + 1})" if nan_end else ""
+    lrs, losses = lrs[:finite], losses[:finite]
     if len(losses) < 3:
-        raise LRFinderError("the sweep stopped after fewer than 3 steps: lower lr_find.init_lr")
+        raise LRFinderError(f"{where or 'the sweep stopped'} after only {len(losses)} steps: lower lr_find.init_lr")
     smoothed = centered_smooth(losses, window(cfg))
-    blowup = find_blowup(np.asarray(losses, dtype=float), smoothed, cfg, stopped_early=len(losses) < cfg.steps)
+    raw = np.asarray(losses, dtype=float)
+    stopped_early = nan_end or len(losses) < cfg.steps
+    blowup = find_blowup(raw, smoothed, cfg, stopped_early=stopped_early)
     if blowup is None:
-        raise LRFinderError(
-            f"no blow-up in the curve (lr {lrs[0]:.3g} .. {lrs[-1]:.3g}): the loss never turned up; raise "
-            f"lr_find.max_lr or lr_find.steps"
-        )
+        if nan_end:
+            raise LRFinderError(
+                f"{where}, before the curve blew up gracefully: lower lr_find.init_lr/max_lr, or check the data "
+                f"and model"
+            )
+        fix = "lower lr_find.init_lr or lr_find.max_lr" if stopped_early else "raise lr_find.max_lr or lr_find.steps"
+        raise LRFinderError(f"no blow-up in the curve (lr {lrs[0]:.3g} .. {lrs[-1]:.3g}): {fix}")
     # The lowest loss before the blow-up: a model that recovers at still larger LRs may dip lower, but not stably.
     best = int(np.argmin(smoothed[:blowup]))
+    noise = 1.4826 * float(np.median(np.abs(raw - smoothed)))
+    if best == 0 or smoothed[0] - smoothed[best] <= 3 * noise:  # it never fell: no LR of the sweep trains
+        raise LRFinderError(
+            f"the loss never fell before it rose (lr {lrs[0]:.3g} .. {lrs[blowup]:.3g}): lower lr_find.init_lr if "
+            f"it rose from the start, else check that the model learns at all (data, optimizer, frozen weights)"
+        )
     suggestion = Suggestion(lrs[best] / cfg.suggest_divisor, lrs[blowup], lrs[best], len(lrs))
     return smoothed.tolist(), suggestion
 

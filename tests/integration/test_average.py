@@ -128,6 +128,7 @@ def test_bad_arguments_are_one_line(run_dir, tmp_path, capsys):
         (["average", str(run_dir), str(tmp_path / "o"), "--last", "4"], "hold 3 checkpoint"),
         (["average", *two, str(tmp_path / "busy")], "--force"),
         (["average", *two, str(run_dir / "checkpoints" / "step-8")], "pass for a checkpoint of the run"),
+        (["average", *two, str(run_dir / "checkpoints"), "--force"], "is or holds a checkpoint averaged"),
         (["average", str(tmp_path / "nope"), str(tmp_path / "o")], "no complete checkpoint"),
     ]
     for argv, words in cases:

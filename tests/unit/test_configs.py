@@ -134,6 +134,17 @@ def test_a_run_config_round_trips_with_its_optimizer_class(compose, name):
     assert again == cfg and type(again.optim) is type(cfg.optim) and again.optim.lr == 0.005
 
 
+def test_a_config_yaml_with_a_retired_field_still_loads(compose, caplog):
+    from trainer.config import config_from_yaml, config_to_yaml
+
+    cfg = check(compose())
+    old = config_to_yaml(cfg).replace("lr_find:\n", "lr_find:\n  slope_window: 5\n")  # as runs before 2026-12 wrote
+    assert "slope_window" in old
+    assert config_from_yaml(old) == cfg and "dropped lr_find.slope_window" in caplog.text
+    with pytest.raises(Exception, match="not_a_field"):  # any other unknown key stays an error
+        config_from_yaml(config_to_yaml(cfg).replace("lr_find:\n", "lr_find:\n  not_a_field: 5\n"))
+
+
 def test_an_optimizer_field_is_checked_before_the_model_exists(compose):
     with pytest.raises(ValueError, match="optim.weight_decay must be >= 0"):
         check(compose("optim=lion", "optim.weight_decay=-0.1"))

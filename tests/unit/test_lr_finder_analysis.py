@@ -107,3 +107,24 @@ def test_real_sweep_of_the_embedded_default():
     assert 5e-3 <= s.suggested_lr <= 2e-2
     assert s.suggested_lr < s.blowup_lr < 0.1
     assert len(smoothed) == len(curve["lr"]) == s.steps_run
+
+
+def test_a_curve_that_never_fell_gets_no_suggestion():
+    cfg = LRFinderConfig()
+    lrs = sweep_lrs(cfg)
+    with pytest.raises(LRFinderError, match="never fell"):  # init_lr already too high: it rises from the start
+        analyse(lrs, [5 + 0.05 * i for i in range(cfg.steps)], cfg)
+    for seed in range(20):  # a model that does not learn: noise only
+        rng = np.random.default_rng(seed)
+        with pytest.raises(LRFinderError):
+            analyse(lrs, list(10 + 0.05 * rng.standard_normal(cfg.steps)), cfg)
+
+
+def test_a_nan_after_the_blowup_keeps_the_curve_before_it():
+    cfg = LRFinderConfig()
+    curve = u_curve(sweep_lrs(cfg), best=1e-2)
+    end = next(i for i, lr in enumerate(sweep_lrs(cfg)) if lr > 3e-2)  # well past the turn
+    _, s = analyse(sweep_lrs(cfg, end + 1), [*curve[:end], float("nan")], cfg)
+    assert 3e-3 < s.suggested_lr < 3e-2
+    with pytest.raises(LRFinderError, match="became nan .* before the curve blew up"):
+        analyse(sweep_lrs(cfg, 41), [*curve[:40], float("nan")], cfg)

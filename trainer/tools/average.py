@@ -148,8 +148,9 @@ def _check_shapes(path: Path, state: dict[str, torch.Tensor], acc: dict[str, tor
 
 
 def _check_out(out: Path, paths: Sequence[Path], force: bool) -> None:
-    if out.resolve() in {p.resolve() for p in paths}:
-        raise AverageError(f"{out} is one of the checkpoints averaged: write the average elsewhere")
+    target = out.resolve()
+    if any(target == p.resolve() or target in p.resolve().parents for p in paths):  # --force would delete them
+        raise AverageError(f"{out} is or holds a checkpoint averaged: write the average elsewhere")
     if checkpointing.step_of(out) is not None and out.parent.name == checkpointing.CHECKPOINTS:
         # a resume would take it for the run's own newest checkpoint
         raise AverageError(f"{out} would pass for a checkpoint of the run: give it another name, e.g. avg-{out.name}")
