@@ -222,7 +222,7 @@ def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
                         f"more than trainer.max_consecutive_skips={t.max_consecutive_skips} updates in a row were "
                         f"skipped as spikes or NaN, first passing the limit at step {int(s_step)} (loss {s_loss:.4g}, "
                         f"grad norm {s_norm:.4g}): inspect the data around that step; "
-                        f"{no_save_advice(run.run_dir, step).removeprefix('not saved; ')}"
+                        f"{no_save_advice(run.run_dir)}"
                     )
                 if step == start + 1:
                     metrics["time_to_first_step_s"] = time.time() - job_start

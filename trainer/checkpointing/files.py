@@ -55,7 +55,6 @@ ARCH_FIELDS = (
     "norm_eps",
 )
 _STEP = re.compile(r"^step-(\d+)$")
-_VERIFIED: set[tuple] = set()  # checkpoints whose digests matched in this process
 
 
 class CheckpointError(ValueError):
@@ -98,13 +97,7 @@ def verify_content(path: Path, share: tuple[int, int] = (0, 1)) -> str | None:
     if problem is not None:
         return problem
     names = digested_files(path)[share[0] :: share[1]]
-    # hashing a large checkpoint takes seconds: a file unchanged since it verified in this process is not re-read
-    key = (str(path.resolve()), share, tuple((n, (path / n).stat().st_mtime_ns) for n in [META, *names]))
-    if key in _VERIFIED:
-        return None
     bad = digests.first_mismatch(path, read_meta(path)["files"], names)
-    if bad is None:
-        _VERIFIED.add(key)
     return None if bad is None else bad[1]
 
 
@@ -162,20 +155,9 @@ def load_candidates(path: str | Path) -> list[Path]:
     )
 
 
-def resolve_load_path(path: str | Path, check_content: bool = False) -> Path:
-    """The newest of load_candidates(path); with check_content, the newest whose content digests match (in this
-    process), the others skipped with a warning."""
-    found = load_candidates(path)
-    if not check_content:
-        return found[0]
-    skipped = []
-    for p in found:
-        problem = verify_content(p)
-        if problem is None:
-            return p
-        log.warning("skipping checkpoint %s: %s", p, problem)
-        skipped.append(f"{p.name}: {problem}")
-    raise CheckpointError(f"{path}: no checkpoint there verifies ({'; '.join(skipped)}): restore it from a copy")
+def resolve_load_path(path: str | Path) -> Path:
+    """The newest of load_candidates(path) (sizes checked; resume.first_verified checks the content)."""
+    return load_candidates(path)[0]
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -255,11 +237,14 @@ def publish(tmp: Path, final: Path, step: int, meta: dict[str, Any], tokenizer: 
     return final
 
 
-def load_model_state(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]]:
+def load_model_state(
+    path: str | Path, verified: bool = False
+) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]]:
     """The consolidated fp32 weights of a checkpoint in this single process (no process group needed), with its
     model config and meta. Tied checkpoints hold both tok_embeddings.weight and output.weight (equal)."""
     path = Path(path)
-    verify_or_raise(path)
+    if not verified:  # the caller checked the digests already: hashing a large checkpoint takes seconds
+        verify_or_raise(path)
     meta = read_meta(path)
     cfg = ModelConfig(**meta["model"])
     shapes = build_model(cfg, device="meta").state_dict()

@@ -122,16 +122,16 @@ def save_run(run: Run, step: int, eval_pending: bool = False) -> None:
     try:
         run.checkpointer.save(step, run.model, run.optimizer, rank_state, meta)
     except PoisonedWeights as e:
-        raise PoisonedWeights(f"{e}: {no_save_advice(run.run_dir, step)}") from None
+        raise PoisonedWeights(f"{e}: not saved; {no_save_advice(run.run_dir)}") from None
 
 
-def no_save_advice(run_dir: Path, step: int) -> str:
-    """What to do when the weights went bad by `step`: the newest checkpoint saved healthy, and how to resume."""
+def no_save_advice(run_dir: Path) -> str:
+    """What to do when the weights went bad: the newest checkpoint saved healthy, and how to resume from it."""
     good = newest_healthy(complete_checkpoints(run_dir / CHECKPOINTS, warn=False))
     if good is None:
         return "no checkpoint of this run was saved healthy: start again with a lower optim.lr or other data"
     return (
-        f"not saved; the newest healthy checkpoint is {good} (step {read_meta(good)['step']}): resume from it with "
+        f"the newest healthy checkpoint is {good} (step {read_meta(good)['step']}): resume from it with "
         f"trainer.skip_steps covering the steps after it that went wrong, or with a lower optim.lr"
     )
 

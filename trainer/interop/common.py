@@ -10,7 +10,9 @@ import torch
 
 from models import hf
 
-from .. import checkpointing
+from .. import checkpointing, distributed
+from ..checkpointing.files import load_candidates
+from ..checkpointing.resume import first_verified
 
 
 class ExportError(ValueError):
@@ -65,9 +67,12 @@ def tmp_dir(out: Path) -> Path:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
+    """The newest checkpoint at `path` whose content verifies (the others skipped with a warning), as a resume
+    picks it; load it with load_model_state(..., verified=True)."""
     try:
-        return checkpointing.resolve_load_path(path, check_content=True)
-    except (
-        checkpointing.CheckpointError
-    ) as e:  # its message is worded for the training config key; here it is an argument
+        found, skipped = first_verified(load_candidates(path), distributed.Ranks())
+    except checkpointing.CheckpointError as e:  # worded for the training config key; here it is an argument
         raise ExportError(str(e).removeprefix("checkpoint.load=")) from None
+    if found is None:
+        raise ExportError(f"{path}: no checkpoint there verifies ({'; '.join(skipped)}): restore it from a copy")
+    return found

@@ -19,7 +19,7 @@ def consolidate(checkpoint: str | Path, out_file: str | Path, dtype: str = "fp32
         raise ExportError(f"{out} exists: choose another path or pass --force to replace it")
     torch_dtype = to_dtype(dtype)
     source = resolve_checkpoint(checkpoint)
-    cfg, state, meta = checkpointing.load_model_state(source)
+    cfg, state, meta = checkpointing.load_model_state(source, verified=True)
     tensors = {k: v.to(torch_dtype).contiguous() for k, v in state.items()}
     header = {
         "format": "pt",

@@ -83,7 +83,7 @@ def export_hf(
     torch_dtype = to_dtype(dtype)
     source = resolve_checkpoint(checkpoint)
     check_target(out, force)  # fail before the (possibly long) work
-    cfg, state, meta = checkpointing.load_model_state(source)
+    cfg, state, meta = checkpointing.load_model_state(source, verified=True)
     hf_state = hf.to_hf_state(state, cfg, torch_dtype)
     tmp = tmp_dir(out)
     try:

@@ -124,7 +124,7 @@ def accumulate(paths: Sequence[Path], weights: Sequence[float], dtype: torch.dty
     """sum_i weights[i] * weights of paths[i], in `dtype`, cast to fp32; one checkpoint in memory at a time."""
     acc: dict[str, torch.Tensor] = {}
     for p, w in zip(paths, weights, strict=True):
-        _, state, _ = checkpointing.load_model_state(p)
+        _, state, _ = checkpointing.load_model_state(p, verified=True)  # average() verified them all first
         if not acc:
             acc = {k: torch.zeros(v.shape, dtype=dtype) for k, v in state.items()}
         _check_shapes(p, state, acc)
