@@ -12,7 +12,7 @@ import torch.distributed as dist
 import models
 import optim
 
-from . import distributed, lr_finder, sanity
+from . import distributed, evaluation, lr_finder, sanity
 from .build import build_run
 from .checkpointing.run_state import no_save_advice, save_run
 from .config import TrainConfig
@@ -21,7 +21,7 @@ from .metrics import MetricsLogger, truncate_metrics
 from .preemption import Preemption
 from .run import Run
 from .run_lock import hold
-from .spikes import guarded_step, in_ranges
+from .spikes import guarded_step, in_ranges, supports_grad_scale
 
 DONE = "DONE"  # written into the run directory when trainer.max_steps is reached
 
@@ -50,11 +50,10 @@ def train_step(run: Run, micro_batches: list[torch.Tensor], schedule: bool = Tru
             loss = model(batch[:, :-1], batch[:, 1:])
             (loss / len(micro_batches)).backward()
         loss_sum += loss.detach()
-    grad_norm = parallel.clip_grad_norm(model, run.cfg.optim.grad_clip)
-    loss = distributed.mean_over_ranks(
-        loss_sum / len(micro_batches)
-    )  # the same value, and so the same decision, everywhere
-    guarded_step(run.optimizer, run.spikes.decide(loss, grad_norm))
+    fused_clip = supports_grad_scale(run.optimizer)  # the clip rides on the fused update: one pass less
+    grad_norm, grad_scale = parallel.clip_grad_norm(model, run.cfg.optim.grad_clip, fused_clip)
+    loss = distributed.mean_over_ranks(loss_sum / len(micro_batches))  # the same value, so the same decision
+    guarded_step(run.optimizer, run.spikes.decide(loss, grad_norm), grad_scale)
     if schedule:
         run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -76,6 +75,14 @@ def evaluate(run: Run, preemption: Preemption | None = None) -> float | None:
     finally:
         run.model.train()
     return distributed.mean_over_ranks(total / len(run.val_batches)).item()
+
+
+def held_out(run: Run, preemption: Preemption | None = None) -> dict | None:
+    """`val_loss` (evaluate), then `val_bpb` and each source's `val_loss/NAME` and `val_bpb/NAME` (evaluation.py);
+    None when a preemption interrupted either."""
+    val = evaluate(run, preemption)
+    more = None if val is None else evaluation.source_metrics(run, val, preemption)
+    return None if more is None else {"val_loss": val, **more}
 
 
 def fit(
@@ -168,7 +175,7 @@ def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
     last: dict = {}
     try:
         if t.max_steps == 0:  # evaluate the (loaded) weights on the held-out set and stop
-            last = {"step": start, "val_loss": evaluate(run)}
+            last = {"step": start, **held_out(run)}
             log.log(last)
             return last
         if start >= t.max_steps:
@@ -177,7 +184,7 @@ def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
         if run.ranks.is_main:  # a finished run extended with a larger max_steps is not done any more
             (run.run_dir / DONE).unlink(missing_ok=True)
         if start == 0 or run.eval_pending:  # the curve's starting point, or the evaluation a preemption cut short
-            log.log({"step": start, "val_loss": evaluate(run)})
+            log.log({"step": start, **held_out(run)})
         stream = iter(run.train_stream)
         frozen = sanity.FrozenCheck.start(run.model, t.frozen_check_steps, start, t.max_steps)  # digests of step 0
         window_start, window_steps = time.perf_counter(), 0
@@ -230,10 +237,10 @@ def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
                 if check_frozen:
                     metrics["frozen_params"], frozen = frozen.check(run.model, step, run.ranks.is_main), None
                 if do_eval:
-                    val = evaluate(run, preemption)
+                    val = held_out(run, preemption)
                     stop = eval_cut = val is None
                     if val is not None:
-                        metrics["val_loss"] = val
+                        metrics.update(val)
                 log.log(metrics)
                 last = metrics
                 window_start, window_steps = time.perf_counter(), 0

@@ -121,13 +121,23 @@ def supports_found_inf(optimizer: torch.optim.Optimizer) -> bool:
     return isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) and fused
 
 
-def guarded_step(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
-    """optimizer.step() unless skip is 1. Optimizers without found_inf support cost one host read here."""
+def supports_grad_scale(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether optimizer.step() divides the gradients by a `grad_scale` tensor as it reads them (torch's fused
+    Adam/AdamW): the gradient clip can then ride on the update (parallel.clip_grad_norm)."""
+    fused = all(g.get("fused") for g in optimizer.param_groups)
+    return isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) and fused
+
+
+def guarded_step(optimizer: torch.optim.Optimizer, skip: torch.Tensor, grad_scale: torch.Tensor | None = None) -> None:
+    """optimizer.step() unless skip is 1, dividing the gradients by grad_scale (only where supports_grad_scale).
+    Optimizers without found_inf support cost one host read here."""
+    if grad_scale is not None and not supports_grad_scale(optimizer):
+        raise ValueError(f"{type(optimizer).__name__} does not take a grad_scale: clip the gradients before step")
     if supports_found_inf(optimizer):
-        optimizer.found_inf = skip
+        optimizer.found_inf, optimizer.grad_scale = skip, grad_scale
         try:
             optimizer.step()
         finally:
-            optimizer.found_inf = None
+            optimizer.found_inf = optimizer.grad_scale = None
     elif not skip.item():
         optimizer.step()

@@ -138,7 +138,18 @@ def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
         yield
 
 
-def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
-    """Global gradient norm (over all shards), clipped to max_norm unless it is 0."""
+def clip_grad_norm(
+    model: nn.Module, max_norm: float, in_optimizer: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(global gradient norm over all shards, grad_scale). The gradients are clipped to max_norm unless it is 0.
+    With in_optimizer (a fused Adam/AdamW, which divides each gradient by its `grad_scale` as it reads it) and plain
+    tensor parameters, the clip is left to the optimizer: grad_scale = 1 / clip coefficient, to be handed to its
+    step, which saves a read and a write of every gradient. Otherwise the gradients are scaled here and grad_scale
+    is None."""
+    if in_optimizer and max_norm > 0:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not any(isinstance(g, DTensor) for g in grads):  # sharded gradients: the norm needs their reduction
+            norm = torch.nn.utils.get_total_norm(grads)
+            return norm, ((norm + 1e-6) / max_norm).clamp(min=1.0)  # clip_grad_norm_'s coefficient, inverted
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm > 0 else float("inf"))
-    return norm.full_tensor() if isinstance(norm, DTensor) else norm
+    return (norm.full_tensor() if isinstance(norm, DTensor) else norm), None
