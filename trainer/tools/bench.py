@@ -29,6 +29,7 @@ from ..build import build_training, resolve_eos, resolve_vocab, shared_tokenizer
 from ..config import TrainConfig, validate
 from ..loop import train_step
 from ..run import Run
+from . import kernel_shares
 
 DATA_MODES = ("synthetic", "real")
 
@@ -220,7 +221,9 @@ def _profile(run: Run, batches: Iterator[torch.Tensor], opts: BenchOptions, rows
             train_step(run, [next(batches) for _ in range(opts.accum)])
         distributed.synchronize(device)
     key = "self_cpu_time_total" if len(activities) == 1 else "self_device_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=rows)
+    events = prof.key_averages()
+    table = events.table(sort_by=key, row_limit=rows)
+    return table if len(activities) == 1 else f"{table}\n{kernel_shares.shares(events, opts.profile)}"
 
 
 def format_table(r: dict) -> str:
