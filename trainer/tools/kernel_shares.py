@@ -14,6 +14,9 @@ KINDS = (
     ("reductions", ("reduce", "norm")),
 )
 
+# Ranges the profiler also draws on the device timeline (they span kernels already counted).
+ANNOTATIONS = ("Optimizer.", "ProfilerStep", "## ")
+
 
 def kind_of(kernel: str) -> str:
     name = kernel.lower()
@@ -25,7 +28,7 @@ def shares(events, steps: int) -> str:
     the entries whose device_type is not the CPU (CPU operators would count their kernels twice)."""
     total, by_kind = 0.0, defaultdict(float)
     for e in events:
-        if str(getattr(e, "device_type", "")).endswith("CPU"):
+        if str(getattr(e, "device_type", "")).endswith("CPU") or e.key.startswith(ANNOTATIONS):
             continue
         us = getattr(e, "self_device_time_total", 0.0)
         by_kind[kind_of(e.key)] += us
