@@ -4,13 +4,14 @@ this package needs no process group of its own."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,11 +124,27 @@ def run_units(
     try:
         if not units:
             return []
-        with ctx.Pool(min(workers, len(units)), initializer=_init_worker, initargs=(counters,)) as pool:
+        with _safe_path(), ctx.Pool(min(workers, len(units)), initializer=_init_worker, initargs=(counters,)) as pool:
             return list(pool.imap_unordered(_work, [(str(root), plan, u) for u in units]))
     finally:
         done.set()
         bar.join()
+
+
+@contextlib.contextmanager
+def _safe_path() -> Iterator[None]:
+    """Start the fork server without the working directory on its sys.path. It runs as `python -c`, which puts the
+    directory first: a `data/` folder there (a corpus, or a checkout of this repository) would be imported in place
+    of this package, and the workers, stopped by the shadowing check, would be restarted by the pool forever."""
+    old = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONSAFEPATH", None)
+        else:
+            os.environ["PYTHONSAFEPATH"] = old
 
 
 def _alone(fn: Callable[[], Any]) -> Any:

@@ -71,6 +71,20 @@ def test_workers_and_mpi_ranks_write_the_same_store(store, corpus, tmp_path, tok
         same_tree(store, tmp_path / "mpi")
 
 
+def test_workers_ignore_a_data_folder_in_the_working_directory(store, corpus, tmp_path, tok_cache):
+    """A `data/` package in the directory tokenize runs from (a corpus folder, a checkout) is not imported by the
+    workers in place of anytrain's: before the fix the fork server took it, every worker stopped on the shadowing
+    check, and the pool restarted them forever."""
+    work = tmp_path / "project"
+    (work / "data").mkdir(parents=True)
+    (work / "data" / "__init__.py").write_text("raise RuntimeError('the working directory data package ran')\n")
+    cmd = [*ANYTRAIN, "tokenize", str(tmp_path / "two"), f"data.sources=[{{path: {corpus}}}]", *TOKENIZER, tok_cache,
+           "--workers", "2"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=_env(), cwd=work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    same_tree(store, tmp_path / "two")
+
+
 def test_a_killed_tokenize_resumes_to_the_same_store(store, corpus, tmp_path, tok_cache):
     out = tmp_path / "killed"
     cmd = [*ANYTRAIN, "tokenize", str(out), f"data.sources=[{{path: {corpus}}}]", *TOKENIZER, tok_cache,
