@@ -12,7 +12,7 @@ import torch.distributed as dist
 import models
 import optim
 
-from . import distributed, evaluation, lr_finder, sanity
+from . import distributed, lr_finder, sanity
 from .build import build_run
 from .checkpointing.run_state import no_save_advice, save_run
 from .config import TrainConfig
@@ -75,14 +75,6 @@ def evaluate(run: Run, preemption: Preemption | None = None) -> float | None:
     finally:
         run.model.train()
     return distributed.mean_over_ranks(total / len(run.val_batches)).item()
-
-
-def held_out(run: Run, preemption: Preemption | None = None) -> dict | None:
-    """`val_loss` (evaluate), then `val_bpb` and each source's `val_loss/NAME` and `val_bpb/NAME` (evaluation.py);
-    None when a preemption interrupted either."""
-    val = evaluate(run, preemption)
-    more = None if val is None else evaluation.source_metrics(run, val, preemption)
-    return None if more is None else {"val_loss": val, **more}
 
 
 def fit(
@@ -175,7 +167,7 @@ def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
     last: dict = {}
     try:
         if t.max_steps == 0:  # evaluate the (loaded) weights on the held-out set and stop
-            last = {"step": start, **held_out(run)}
+            last = {"step": start, "val_loss": evaluate(run)}
             log.log(last)
             return last
         if start >= t.max_steps:
@@ -184,7 +176,7 @@ def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
         if run.ranks.is_main:  # a finished run extended with a larger max_steps is not done any more
             (run.run_dir / DONE).unlink(missing_ok=True)
         if start == 0 or run.eval_pending:  # the curve's starting point, or the evaluation a preemption cut short
-            log.log({"step": start, **held_out(run)})
+            log.log({"step": start, "val_loss": evaluate(run)})
         stream = iter(run.train_stream)
         frozen = sanity.FrozenCheck.start(run.model, t.frozen_check_steps, start, t.max_steps)  # digests of step 0
         window_start, window_steps = time.perf_counter(), 0
@@ -237,10 +229,10 @@ def _train(run: Run, job_start: float, preemption: Preemption) -> dict:
                 if check_frozen:
                     metrics["frozen_params"], frozen = frozen.check(run.model, step, run.ranks.is_main), None
                 if do_eval:
-                    val = held_out(run, preemption)
+                    val = evaluate(run, preemption)
                     stop = eval_cut = val is None
                     if val is not None:
-                        metrics.update(val)
+                        metrics["val_loss"] = val
                 log.log(metrics)
                 last = metrics
                 window_start, window_steps = time.perf_counter(), 0
